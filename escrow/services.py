@@ -1,0 +1,607 @@
+"""Escrow lifecycle services: every status change and every escrow money movement.
+
+Each service locks the escrow row first (select_for_update), checks the transition table,
+then writes the status, the ledger transfers (one wallets.ledger call), the transaction
+records and the outbox rows, all in the caller's transaction. Services join an enclosing
+transaction; top-level callers (webhook processing, commands, admin actions) wrap them in
+transaction.atomic(durable=True).
+"""
+
+import secrets
+import string
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from escrow.fees import compute_fees, payment_tolerance
+from escrow.models import Escrow, EscrowHolding, EscrowStatus, FeeSplit, HoldingStatus, StatusChange
+from escrow.transitions import AWAITING_PAYMENT, check_transition
+from escrowsite.errors import ApplicationError, IllegalTransition, NotFound
+from notifications.services import enqueue_notification
+from wallets import ledger
+from wallets.models import AccountKind, Customer, Transaction, TransactionType, Transfer, TransferKind
+from wallets.money import USD, quantize_usd
+
+S = EscrowStatus
+ESCROW_ID_ALPHABET = string.ascii_uppercase + string.digits
+
+
+# --- values ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncomingPayment:
+    """A provider-neutral payment: what arrived, from whom, for which transaction.
+
+    `usd_amount` is authoritative for the escrow; the crypto amount is kept for records.
+    """
+
+    provider: str
+    tx_id: str
+    usd_amount: Decimal
+    crypto_amount: Decimal | None = None
+    crypto_currency: str = ""
+    paid_at: datetime | None = None
+    provider_payment_id: str = ""
+
+
+@dataclass
+class PaymentOutcome:
+    """What confirm_payment did: `kind` is confirmed, partial or late_credit."""
+
+    kind: str
+    escrow: Escrow
+    transactions: list[Transaction] = field(default_factory=list)
+    transfers: list[Transfer] = field(default_factory=list)
+    excess: Decimal = Decimal("0.00")
+    shortfall: Decimal = Decimal("0.00")
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def new_escrow_id(*, now: datetime | None = None) -> str:
+    """`ES` + MMDDYY + 4 random characters, e.g. ES101325WZY2."""
+    now = now or timezone.now()
+    suffix = "".join(secrets.choice(ESCROW_ID_ALPHABET) for _ in range(4))
+    return f"ES{now:%m%d%y}{suffix}"
+
+
+def lock_escrow(*, escrow_id: str) -> Escrow:
+    """The escrow row, locked for the rest of the transaction. Raises NotFound."""
+    try:
+        return Escrow.objects.select_for_update().get(escrow_id=escrow_id)
+    except Escrow.DoesNotExist:
+        raise NotFound(f"Escrow {escrow_id} does not exist.", {"escrow_id": escrow_id}) from None
+
+
+def _set_status(
+    escrow: Escrow,
+    to_status: str,
+    *,
+    now: datetime,
+    source: str,
+    actor_id: int | None = None,
+    reason: str = "",
+) -> None:
+    check_transition(escrow_id=escrow.escrow_id, from_status=escrow.status, to_status=to_status)
+    StatusChange.objects.create(
+        escrow=escrow,
+        from_status=escrow.status,
+        to_status=to_status,
+        actor_id=actor_id,
+        source=source,
+        reason=reason,
+    )
+    escrow.status = to_status
+    escrow.status_changed_at = now
+
+
+def _record(
+    *,
+    prefix: str,
+    escrow: Escrow,
+    type: str,
+    customer_id: int,
+    amount: Decimal,
+    transfers: list[Transfer],
+    description: str,
+    now: datetime,
+    payment: IncomingPayment | None = None,
+) -> Transaction:
+    """Write a transaction record such as ESC_ES101325WZY2_6462e85a and link its transfers."""
+    tx_id = payment.tx_id if payment else ""
+    if payment:
+        transaction_id = f"{prefix}_{escrow.escrow_id}_{tx_id[:8]}"
+        if Transaction.objects.filter(transaction_id=transaction_id).exists():
+            # Two provider transactions that share their first 8 characters.
+            transaction_id = f"{prefix}_{escrow.escrow_id}_{tx_id}"[:100]
+    else:
+        transaction_id = f"{prefix}_{escrow.escrow_id}"
+    record = Transaction.objects.create(
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        type=type,
+        amount=amount,
+        currency=escrow.currency,
+        crypto_amount=payment.crypto_amount if payment else None,
+        crypto_currency=payment.crypto_currency if payment else "",
+        provider=payment.provider if payment else "",
+        external_tx_id=tx_id,
+        escrow=escrow,
+        description=description,
+        confirmed_at=now,
+    )
+    record.transfers.add(*transfers)
+    return record
+
+
+def _notify(escrow: Escrow, event: str, recipient_id: int, **payload: object) -> None:
+    role = "buyer" if recipient_id == escrow.buyer_id else "seller"
+    enqueue_notification(
+        event=event,
+        recipient_id=recipient_id,
+        escrow_id=escrow.pk,
+        key=f"{escrow.escrow_id}:{event}:{role}",
+        payload={
+            "event": event,
+            "escrow_id": escrow.escrow_id,
+            "status": escrow.status,
+            "recipient": recipient_id,
+            "role": role,
+            **{k: str(v) for k, v in payload.items()},
+        },
+    )
+
+
+def _holding(escrow: Escrow) -> EscrowHolding:
+    try:
+        return EscrowHolding.objects.select_related("account").get(escrow=escrow)
+    except EscrowHolding.DoesNotExist:
+        raise ApplicationError(
+            f"Escrow {escrow.escrow_id} holds no money.", {"escrow_id": escrow.escrow_id}
+        ) from None
+
+
+def _open_holding(escrow: Escrow) -> EscrowHolding:
+    account = ledger.open_holding_account(escrow_id=escrow.pk, currency=escrow.currency)
+    holding, _ = EscrowHolding.objects.select_related("account").get_or_create(
+        escrow=escrow, defaults={"account": account}
+    )
+    return holding
+
+
+# --- creation --------------------------------------------------------------------------
+
+
+def create_escrow(
+    *,
+    buyer_id: int,
+    seller_id: int,
+    amount: Decimal,
+    fee_split: str = FeeSplit.BUYER_PAYS,
+    delivery_hours: int | None = None,
+    escrow_id: str | None = None,
+    description: str = "",
+    now: datetime | None = None,
+) -> Escrow:
+    """A new escrow awaiting payment; it expires after the payment window."""
+    if buyer_id == seller_id:
+        raise ApplicationError("Buyer and seller must be different customers.")
+    if not isinstance(amount, Decimal):
+        raise ApplicationError("The amount must be a Decimal.")
+    delivery_hours = delivery_hours or settings.ESCROW_DEFAULT_DELIVERY_HOURS
+    if delivery_hours <= 0:
+        raise ApplicationError("Delivery hours must be positive.")
+    fees = compute_fees(amount=amount, fee_split=fee_split)
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        Customer.objects.bulk_create(
+            [Customer(telegram_id=buyer_id), Customer(telegram_id=seller_id)],
+            ignore_conflicts=True,
+        )
+        fields = dict(
+            buyer_id=buyer_id,
+            seller_id=seller_id,
+            amount=amount,
+            currency=USD,
+            fee_split=fee_split,
+            fee_amount=fees.fee_amount,
+            buyer_fee=fees.buyer_fee,
+            seller_fee=fees.seller_fee,
+            total_due=fees.total_due,
+            status=S.PAYMENT_PENDING,
+            delivery_hours=delivery_hours,
+            description=description,
+            expires_at=now + timedelta(minutes=settings.ESCROW_PAYMENT_WINDOW_MINUTES),
+            status_changed_at=now,
+        )
+        if escrow_id is not None:
+            if Escrow.objects.filter(escrow_id=escrow_id).exists():
+                raise ApplicationError(f"Escrow {escrow_id} already exists.", {"escrow_id": escrow_id})
+            escrow = Escrow.objects.create(escrow_id=escrow_id, **fields)
+        else:
+            for _ in range(10):
+                try:
+                    with transaction.atomic():
+                        escrow = Escrow.objects.create(escrow_id=new_escrow_id(now=now), **fields)
+                    break
+                except IntegrityError:
+                    continue  # a random id collided; draw another
+            else:
+                raise ApplicationError("Could not allocate a unique escrow id.")
+        StatusChange.objects.create(
+            escrow=escrow, from_status=S.CREATED, to_status=S.PAYMENT_PENDING, source="create"
+        )
+    return escrow
+
+
+# --- payment ---------------------------------------------------------------------------
+
+
+def confirm_payment(
+    *,
+    escrow_id: str,
+    payment: IncomingPayment,
+    source: str = "webhook",
+    actor_id: int | None = None,
+    reason: str = "",
+    now: datetime | None = None,
+) -> PaymentOutcome:
+    """Apply one confirmed payment to an escrow: confirm it, add to it, or credit it back.
+
+    - Awaiting payment and the total paid reaches the total due within tolerance: the
+      holding gets at most the total due, any excess goes to the buyer's wallet as its own
+      transfer and record, and the escrow moves to payment_confirmed with its deadlines.
+    - Awaiting payment and still short beyond tolerance: the amount is held and the escrow
+      is partially_paid until later payments add up.
+    - Anything else (cancelled, expired, already paid, ...): the whole amount is credited
+      to the buyer's wallet as a late/extra payment. It is never rejected or lost.
+    """
+    now = now or timezone.now()
+    amount = quantize_usd(payment.usd_amount)
+    if amount <= 0:
+        raise ApplicationError("A payment must be positive.", {"amount": str(payment.usd_amount)})
+    if not payment.tx_id:
+        raise ApplicationError("A payment needs its provider transaction id.")
+    with transaction.atomic(savepoint=False):
+        escrow = lock_escrow(escrow_id=escrow_id)
+        clearing = ledger.clearing_account(provider=payment.provider, currency=escrow.currency)
+        key = f"{payment.provider}:{payment.tx_id}"
+        if escrow.status not in AWAITING_PAYMENT:
+            return _credit_late_payment(escrow, payment, amount, clearing, key, now)
+
+        holding = _open_holding(escrow)
+        paid_before = holding.account.balance
+        to_holding = min(amount, escrow.total_due - paid_before)
+        excess = amount - to_holding
+        reached = paid_before + to_holding >= escrow.total_due - payment_tolerance(escrow.total_due)
+
+        legs = [
+            ledger.Leg(
+                clearing, holding.account, to_holding, TransferKind.ESCROW_PAYMENT,
+                f"{key}:escrow_payment", escrow.pk, key,
+            )
+        ]
+        buyer_wallet = None
+        if excess:
+            buyer_wallet = ledger.customer_wallet(customer=escrow.buyer_id, currency=escrow.currency)
+            legs.append(
+                ledger.Leg(
+                    clearing, buyer_wallet, excess, TransferKind.OVERPAYMENT_CREDIT,
+                    f"{key}:overpayment_credit", escrow.pk, key,
+                )
+            )
+        transfers = ledger.post_transfers(legs)
+        outcome = PaymentOutcome(kind="partial", escrow=escrow, transfers=transfers, excess=excess)
+        applied_note = f"{to_holding} applied" + (f", {excess} credited to wallet" if excess else "")
+        outcome.transactions.append(
+            _record(
+                prefix="ESC", escrow=escrow, type=TransactionType.ESCROW_PAYMENT,
+                customer_id=escrow.buyer_id, amount=amount, transfers=transfers,
+                description=f"Escrow payment for {escrow.escrow_id} ({applied_note})",
+                now=now, payment=payment,
+            )
+        )
+        if excess:
+            outcome.transactions.append(
+                _record(
+                    prefix="OVP", escrow=escrow, type=TransactionType.OVERPAYMENT_CREDIT,
+                    customer_id=escrow.buyer_id, amount=excess, transfers=transfers[1:],
+                    description=f"Overpayment on {escrow.escrow_id} credited to wallet",
+                    now=now, payment=payment,
+                )
+            )
+
+        update = ["status", "status_changed_at"]
+        if reached:
+            outcome.kind = "confirmed"
+            outcome.shortfall = escrow.total_due - (paid_before + to_holding)
+            _set_status(escrow, S.PAYMENT_CONFIRMED, now=now, source=source, actor_id=actor_id, reason=reason)
+            escrow.accepted_shortfall = outcome.shortfall
+            escrow.payment_confirmed_at = now
+            escrow.delivery_deadline = now + timedelta(hours=escrow.delivery_hours)
+            escrow.expires_at = now + timedelta(hours=settings.ESCROW_SELLER_RESPONSE_HOURS)
+            escrow.deposit_tx_hash = payment.tx_id
+            update += ["accepted_shortfall", "payment_confirmed_at", "delivery_deadline",
+                       "expires_at", "deposit_tx_hash"]
+            holding.status = HoldingStatus.HELD
+            holding.save(update_fields=["status"])
+            _notify(escrow, "offer_to_seller", escrow.seller_id, amount=escrow.amount,
+                    delivery_hours=escrow.delivery_hours)
+            _notify(escrow, "payment_confirmed", escrow.buyer_id, paid=amount, excess=excess,
+                    shortfall=outcome.shortfall)
+        elif escrow.status != S.PARTIALLY_PAID:
+            _set_status(escrow, S.PARTIALLY_PAID, now=now, source=source, actor_id=actor_id, reason=reason)
+        else:
+            update = []
+        if payment.provider_payment_id and not escrow.provider_payment_id:
+            escrow.provider_payment_id = payment.provider_payment_id
+            escrow.provider = payment.provider
+            update += ["provider_payment_id", "provider"]
+        if update:
+            escrow.save(update_fields=update)
+        if outcome.kind == "partial":
+            enqueue_notification(
+                event="partial_payment", recipient_id=escrow.buyer_id, escrow_id=escrow.pk,
+                key=f"{escrow.escrow_id}:partial_payment:{key}",
+                payload={"event": "partial_payment", "escrow_id": escrow.escrow_id,
+                         "paid": str(paid_before + to_holding), "total_due": str(escrow.total_due)},
+            )
+        return outcome
+
+
+def _credit_late_payment(
+    escrow: Escrow, payment: IncomingPayment, amount: Decimal, clearing, key: str, now: datetime
+) -> PaymentOutcome:
+    wallet = ledger.customer_wallet(customer=escrow.buyer_id, currency=escrow.currency)
+    transfers = ledger.post_transfers(
+        [
+            ledger.Leg(
+                clearing, wallet, amount, TransferKind.LATE_PAYMENT_CREDIT,
+                f"{key}:late_payment_credit", escrow.pk, key,
+                memo=f"payment arrived while escrow was {escrow.status}",
+            )
+        ]
+    )
+    record = _record(
+        prefix="LATE", escrow=escrow, type=TransactionType.LATE_PAYMENT_CREDIT,
+        customer_id=escrow.buyer_id, amount=amount, transfers=transfers,
+        description=f"Payment for {escrow.escrow_id} arrived while it was {escrow.status}; credited to wallet",
+        now=now, payment=payment,
+    )
+    enqueue_notification(
+        event="late_payment_credited", recipient_id=escrow.buyer_id, escrow_id=escrow.pk,
+        key=f"{escrow.escrow_id}:late_payment_credited:{key}",
+        payload={"event": "late_payment_credited", "escrow_id": escrow.escrow_id,
+                 "amount": str(amount), "status": escrow.status},
+    )
+    return PaymentOutcome(kind="late_credit", escrow=escrow, transactions=[record], transfers=transfers)
+
+
+# --- after payment ---------------------------------------------------------------------
+
+
+def _payout(
+    escrow: Escrow,
+    *,
+    to_buyer: Decimal,
+    to_seller: Decimal,
+    purpose: str,
+    now: datetime,
+    actor_id: int | None,
+) -> list[Transfer]:
+    """Empty the holding: the given shares to the parties, the rest to platform revenue.
+
+    If the shares exceed what is held (an underpayment accepted within tolerance), the
+    platform's revenue account tops the holding up first: the platform absorbs it.
+    """
+    holding = _holding(escrow)
+    if holding.status not in (HoldingStatus.HELD, HoldingStatus.COLLECTING):
+        raise ApplicationError(
+            f"The holding of {escrow.escrow_id} is already {holding.status}.",
+            {"escrow_id": escrow.escrow_id},
+        )
+    held = holding.account.balance
+    revenue = ledger.system_account(kind=AccountKind.PLATFORM_REVENUE, currency=escrow.currency)
+    base = f"escrow:{escrow.escrow_id}:{purpose}"
+    legs = []
+    remainder = held - to_buyer - to_seller
+    if remainder < 0:
+        legs.append(ledger.Leg(revenue, holding.account, -remainder, TransferKind.FEE_SHORTFALL,
+                               f"{base}:fee_shortfall", escrow.pk, actor_id=actor_id))
+    if to_seller:
+        seller = ledger.customer_wallet(customer=escrow.seller_id, currency=escrow.currency)
+        legs.append(ledger.Leg(holding.account, seller, to_seller, TransferKind.ESCROW_RELEASE,
+                               f"{base}:seller", escrow.pk, actor_id=actor_id))
+    if to_buyer:
+        buyer = ledger.customer_wallet(customer=escrow.buyer_id, currency=escrow.currency)
+        legs.append(ledger.Leg(holding.account, buyer, to_buyer, TransferKind.ESCROW_REFUND,
+                               f"{base}:buyer", escrow.pk, actor_id=actor_id))
+    if remainder > 0:
+        legs.append(ledger.Leg(holding.account, revenue, remainder, TransferKind.FEE,
+                               f"{base}:fee", escrow.pk, actor_id=actor_id))
+    transfers = ledger.post_transfers(legs)
+    holding.status = {
+        "release": HoldingStatus.RELEASED,
+        "refund": HoldingStatus.REFUNDED,
+        "split": HoldingStatus.SPLIT,
+    }[purpose]
+    holding.resolved_at = now
+    holding.save(update_fields=["status", "resolved_at"])
+    by_kind = {t.kind: t for t in transfers}
+    if to_seller:
+        _record(prefix="REL", escrow=escrow, type=TransactionType.ESCROW_RELEASE,
+                customer_id=escrow.seller_id, amount=to_seller,
+                transfers=[by_kind[TransferKind.ESCROW_RELEASE]],
+                description=f"Release of {escrow.escrow_id} to the seller", now=now)
+    if to_buyer:
+        _record(prefix="REF", escrow=escrow, type=TransactionType.ESCROW_REFUND,
+                customer_id=escrow.buyer_id, amount=to_buyer,
+                transfers=[by_kind[TransferKind.ESCROW_REFUND]],
+                description=f"Refund of {escrow.escrow_id} to the buyer", now=now)
+    return transfers
+
+
+def accept_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
+                  actor_id: int | None = None) -> Escrow:
+    """The seller accepts a paid escrow: it becomes active; the delivery clock runs on."""
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        escrow = lock_escrow(escrow_id=escrow_id)
+        _set_status(escrow, S.ACTIVE, now=now, source=source, actor_id=actor_id)
+        escrow.seller_accepted_at = now
+        escrow.expires_at = None
+        escrow.save(update_fields=["status", "status_changed_at", "seller_accepted_at", "expires_at"])
+        _notify(escrow, "seller_accepted", escrow.buyer_id)
+    return escrow
+
+
+def decline_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
+                   actor_id: int | None = None, reason: str = "") -> Escrow:
+    """The seller declines (or did not answer in time): full refund, fee included."""
+    return refund_escrow(escrow_id=escrow_id, now=now, source=source, actor_id=actor_id,
+                         reason=reason or "seller declined", allowed_from=(S.PAYMENT_CONFIRMED,))
+
+
+def mark_delivered(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
+                   actor_id: int | None = None) -> Escrow:
+    """The seller marks delivery; funds auto-release after the auto-release window."""
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        escrow = lock_escrow(escrow_id=escrow_id)
+        _set_status(escrow, S.DELIVERED, now=now, source=source, actor_id=actor_id)
+        escrow.delivered_at = now
+        escrow.auto_release_at = now + timedelta(hours=settings.ESCROW_AUTO_RELEASE_HOURS)
+        escrow.save(update_fields=["status", "status_changed_at", "delivered_at", "auto_release_at"])
+        _notify(escrow, "delivered", escrow.buyer_id)
+    return escrow
+
+
+def release_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
+                   actor_id: int | None = None, reason: str = "") -> Escrow:
+    """Pay the seller the amount net of their fee share; fees go to platform revenue."""
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        escrow = lock_escrow(escrow_id=escrow_id)
+        _set_status(escrow, S.COMPLETED, now=now, source=source, actor_id=actor_id, reason=reason)
+        _payout(escrow, to_buyer=Decimal("0"), to_seller=escrow.amount - escrow.seller_fee,
+                purpose="release", now=now, actor_id=actor_id)
+        escrow.completed_at = now
+        escrow.expires_at = None
+        escrow.save(update_fields=["status", "status_changed_at", "completed_at", "expires_at"])
+        _notify(escrow, "released", escrow.seller_id, amount=escrow.amount - escrow.seller_fee)
+        _notify(escrow, "released", escrow.buyer_id)
+    return escrow
+
+
+def refund_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "staff",
+                  actor_id: int | None = None, reason: str = "",
+                  allowed_from: tuple[str, ...] | None = None) -> Escrow:
+    """Return everything the holding holds (fee included) to the buyer's wallet."""
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        escrow = lock_escrow(escrow_id=escrow_id)
+        if allowed_from is not None and escrow.status not in allowed_from:
+            raise IllegalTransition(
+                f"Escrow {escrow_id} cannot be refunded this way while {escrow.status}.",
+                {"escrow_id": escrow_id, "from": escrow.status, "allowed_from": list(allowed_from)},
+            )
+        _set_status(escrow, S.REFUNDED, now=now, source=source, actor_id=actor_id, reason=reason)
+        held = _holding(escrow).account.balance
+        _payout(escrow, to_buyer=held, to_seller=Decimal("0"), purpose="refund", now=now,
+                actor_id=actor_id)
+        escrow.completed_at = now
+        escrow.expires_at = None
+        escrow.save(update_fields=["status", "status_changed_at", "completed_at", "expires_at"])
+        _notify(escrow, "refunded", escrow.buyer_id, amount=held)
+        _notify(escrow, "refunded", escrow.seller_id)
+    return escrow
+
+
+def cancel_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
+                  actor_id: int | None = None, reason: str = "") -> Escrow:
+    """Cancel an escrow that holds no money yet."""
+    return _close_unpaid(escrow_id, S.CANCELLED, now, source, actor_id, reason)
+
+
+def expire_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "sweep",
+                  actor_id: int | None = None, reason: str = "") -> Escrow:
+    """Expire an escrow whose payment window passed without any payment."""
+    return _close_unpaid(escrow_id, S.EXPIRED, now, source, actor_id, reason)
+
+
+def _close_unpaid(escrow_id: str, to_status: str, now: datetime | None, source: str,
+                  actor_id: int | None, reason: str) -> Escrow:
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        escrow = lock_escrow(escrow_id=escrow_id)
+        _set_status(escrow, to_status, now=now, source=source, actor_id=actor_id, reason=reason)
+        escrow.expires_at = None
+        escrow.save(update_fields=["status", "status_changed_at", "expires_at"])
+        _notify(escrow, to_status, escrow.buyer_id)
+    return escrow
+
+
+def open_dispute(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
+                 actor_id: int | None = None, reason: str = "") -> Escrow:
+    """Freeze a funded escrow until staff resolve it."""
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        escrow = lock_escrow(escrow_id=escrow_id)
+        _set_status(escrow, S.DISPUTED, now=now, source=source, actor_id=actor_id, reason=reason)
+        escrow.expires_at = None
+        escrow.save(update_fields=["status", "status_changed_at", "expires_at"])
+        _notify(escrow, "disputed", escrow.buyer_id)
+        _notify(escrow, "disputed", escrow.seller_id)
+    return escrow
+
+
+def resolve_dispute(*, escrow_id: str, resolution: str, buyer_amount: Decimal | None = None,
+                    seller_amount: Decimal | None = None, now: datetime | None = None,
+                    source: str = "staff", actor_id: int | None = None, reason: str = "") -> Escrow:
+    """Staff end a dispute: `refund`, `release`, or `split` by explicit amounts.
+
+    A split pays buyer_amount and seller_amount from the holding; what is left is the
+    platform's fee. The amounts may not add up to more than the holding holds.
+    """
+    if resolution == "refund":
+        return refund_escrow(escrow_id=escrow_id, now=now, source=source, actor_id=actor_id,
+                             reason=reason, allowed_from=(S.DISPUTED,))
+    if resolution == "release":
+        with transaction.atomic(savepoint=False):
+            escrow = lock_escrow(escrow_id=escrow_id)
+            if escrow.status != S.DISPUTED:
+                raise ApplicationError(f"Escrow {escrow_id} is not disputed.", {"status": escrow.status})
+            return release_escrow(escrow_id=escrow_id, now=now, source=source,
+                                  actor_id=actor_id, reason=reason)
+    if resolution != "split":
+        raise ApplicationError(f"Unknown resolution {resolution!r}.", {"choices": ["refund", "release", "split"]})
+    if buyer_amount is None or seller_amount is None:
+        raise ApplicationError("A split needs both the buyer's and the seller's amount.")
+    for name, value in (("buyer", buyer_amount), ("seller", seller_amount)):
+        if value < 0 or quantize_usd(value) != value:
+            raise ApplicationError(f"The {name}'s share must be a non-negative amount in cents.")
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        escrow = lock_escrow(escrow_id=escrow_id)
+        if escrow.status != S.DISPUTED:
+            raise ApplicationError(f"Escrow {escrow_id} is not disputed.", {"status": escrow.status})
+        held = _holding(escrow).account.balance
+        if buyer_amount + seller_amount > held:
+            raise ApplicationError(
+                f"The shares ({buyer_amount} + {seller_amount}) exceed the {held} held.",
+                {"held": str(held)},
+            )
+        _set_status(escrow, S.COMPLETED, now=now, source=source, actor_id=actor_id, reason=reason)
+        _payout(escrow, to_buyer=buyer_amount, to_seller=seller_amount, purpose="split",
+                now=now, actor_id=actor_id)
+        escrow.completed_at = now
+        escrow.save(update_fields=["status", "status_changed_at", "completed_at"])
+        _notify(escrow, "dispute_resolved", escrow.buyer_id, amount=buyer_amount)
+        _notify(escrow, "dispute_resolved", escrow.seller_id, amount=seller_amount)
+    return escrow

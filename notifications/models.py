@@ -1,0 +1,68 @@
+"""The outbox: notifications written in the money transaction, delivered after commit."""
+
+from django.db import models
+from django.db.models import Q
+
+
+class Channel(models.TextChoices):
+    BOT_WEBHOOK = "bot_webhook", "Signed webhook to the bot"
+    EMAIL = "email", "Email"
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed (will retry)"
+    DEAD = "dead", "Gave up"
+
+
+class Notification(models.Model):
+    """One message to one recipient about one event, unique by `key`.
+
+    Written in the same transaction as the change it announces; sending it can fail and
+    be retried, but never touches payment state.
+    """
+
+    key = models.CharField(max_length=200, unique=True)
+    event = models.CharField(max_length=64)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    customer = models.ForeignKey(
+        "wallets.Customer", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    escrow = models.ForeignKey(
+        "escrow.Escrow",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="notifications",
+    )
+    payload = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=NotificationStatus.values),
+                name="notification_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(channel__in=Channel.values), name="notification_channel_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status__in=["pending", "failed"]),
+                name="notification_due_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.key

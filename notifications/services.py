@@ -1,0 +1,59 @@
+"""Writing notifications into the outbox. Delivery lives in notifications.dispatch."""
+
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from notifications.models import Channel, Notification
+
+
+def enabled_channels() -> list[str]:
+    channels = []
+    if settings.NOTIFICATIONS_BOT_WEBHOOK_URL:
+        channels.append(Channel.BOT_WEBHOOK)
+    if settings.NOTIFICATIONS_EMAIL_TO:
+        channels.append(Channel.EMAIL)
+    # With nothing configured, rows are still written (the bot can poll the admin); the
+    # bot webhook is the product's primary channel.
+    return channels or [Channel.BOT_WEBHOOK]
+
+
+def enqueue_notification(
+    *,
+    event: str,
+    recipient_id: int | None,
+    escrow_id: int | None,
+    key: str,
+    payload: dict[str, Any],
+) -> list[Notification]:
+    """Add one row per enabled channel; a key already enqueued is left as it is.
+
+    Must run inside the transaction that makes the change it announces. Delivery is
+    scheduled after commit, so a rolled-back change never sends anything.
+    """
+    now = timezone.now()
+    rows = [
+        Notification(
+            key=f"{key}:{channel}",
+            event=event,
+            channel=channel,
+            customer_id=recipient_id,
+            escrow_id=escrow_id,
+            payload=payload,
+            next_attempt_at=now,
+        )
+        for channel in enabled_channels()
+    ]
+    # ON CONFLICT DO NOTHING: the unique key makes a repeated event a no-op, never a
+    # second message and never an error that could roll back the money transaction.
+    Notification.objects.bulk_create(rows, ignore_conflicts=True)
+    transaction.on_commit(_dispatch_soon, robust=True)
+    return rows
+
+
+def _dispatch_soon() -> None:
+    from notifications.dispatch import dispatch_after_commit
+
+    dispatch_after_commit()

@@ -1,0 +1,256 @@
+"""The double-entry ledger: the only code that moves money or writes balances.
+
+Every movement is a Transfer from a debit account to a credit account. Cached balances
+change in the same transaction as their transfers. Lock order is global and fixed:
+accounts that may not go negative (customer wallets, escrow holdings) first, by primary
+key, then system accounts (clearing, revenue, suspense, staff) by primary key, so two
+units of work never wait on each other in opposite orders. Hot system accounts are
+updated last so that their row locks are held for the shortest time.
+
+Callers post everything one unit of work moves in a single `post_transfers` call.
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from escrowsite.errors import IdempotencyConflict, InsufficientFunds, LedgerError
+from wallets.models import (
+    NON_NEGATIVE_KINDS,
+    Account,
+    AccountKind,
+    Customer,
+    Transfer,
+    TransferKind,
+)
+from wallets.money import USD, quantize_usd
+
+SYSTEM_KINDS = (
+    AccountKind.PLATFORM_REVENUE,
+    AccountKind.SUSPENSE,
+    AccountKind.STAFF_ADJUSTMENTS,
+)
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One transfer to post. `idempotency_key` must be unique across the ledger."""
+
+    debit: Account
+    credit: Account
+    amount: Decimal
+    kind: str
+    idempotency_key: str
+    escrow_id: int | None = None
+    reference: str = ""
+    memo: str = ""
+    actor_id: int | None = None
+    reverses_id: int | None = None
+
+
+# --- accounts --------------------------------------------------------------------------
+
+
+def _get_or_create(lookup: dict, defaults: dict | None = None) -> Account:
+    # get_or_create retries the read after a unique-constraint race inside a savepoint,
+    # so concurrent first payments of one customer end with one wallet.
+    account, _ = Account.objects.get_or_create(**lookup, defaults=defaults or {})
+    return account
+
+
+def customer_wallet(*, customer: Customer | int, currency: str = USD) -> Account:
+    """The customer's wallet in `currency`, created empty on first use."""
+    customer_id = customer if isinstance(customer, int) else customer.pk
+    if not isinstance(customer, Customer):
+        Customer.objects.get_or_create(telegram_id=customer_id)
+    return _get_or_create(
+        {"kind": AccountKind.CUSTOMER, "customer_id": customer_id, "currency": currency}
+    )
+
+
+def system_account(*, kind: str, currency: str = USD) -> Account:
+    """Platform revenue, suspense or staff adjustments in `currency`."""
+    if kind not in SYSTEM_KINDS:
+        raise LedgerError(f"{kind} is not a system account kind")
+    return _get_or_create({"kind": kind, "currency": currency})
+
+
+def clearing_account(*, provider: str, currency: str = USD) -> Account:
+    """Where money arriving from a payment provider is debited from."""
+    return _get_or_create(
+        {"kind": AccountKind.PROVIDER_CLEARING, "provider": provider, "currency": currency}
+    )
+
+
+def open_holding_account(*, escrow_id: int, currency: str = USD) -> Account:
+    """The escrow's own holding account (one per escrow, created on first payment)."""
+    return _get_or_create(
+        {"kind": AccountKind.ESCROW_HOLDING, "escrow_id": escrow_id}, {"currency": currency}
+    )
+
+
+def lock_accounts(account_ids: Sequence[int]) -> dict[int, Account]:
+    """Row-lock accounts in the global order (guarded kinds first, then by pk)."""
+    accounts = list(Account.objects.filter(pk__in=set(account_ids)).order_by("pk"))
+    ordered = sorted(accounts, key=lambda a: (a.kind not in NON_NEGATIVE_KINDS, a.pk))
+    guarded = [a.pk for a in ordered if a.kind in NON_NEGATIVE_KINDS]
+    if guarded:
+        # One SELECT ... FOR UPDATE in pk order locks the guarded accounts; system
+        # accounts are locked by their UPDATE at the very end of post_transfers.
+        locked = {
+            a.pk: a
+            for a in Account.objects.select_for_update().filter(pk__in=guarded).order_by("pk")
+        }
+        for a in ordered:
+            locked.setdefault(a.pk, a)
+        return locked
+    return {a.pk: a for a in ordered}
+
+
+# --- posting ---------------------------------------------------------------------------
+
+
+def _validate(leg: Leg) -> None:
+    if not isinstance(leg.amount, Decimal):
+        raise LedgerError(f"amount must be a Decimal, got {type(leg.amount).__name__}")
+    if not leg.amount.is_finite() or leg.amount <= 0:
+        raise LedgerError(f"amount must be positive, got {leg.amount}")
+    if quantize_usd(leg.amount) != leg.amount:
+        raise LedgerError(f"amount {leg.amount} has more precision than cents")
+    if leg.debit.pk == leg.credit.pk:
+        raise LedgerError("debit and credit accounts must differ")
+    if leg.debit.currency != leg.credit.currency:
+        raise LedgerError("debit and credit accounts have different currencies")
+    if not leg.idempotency_key:
+        raise LedgerError("an idempotency key is required")
+
+
+def _same(existing: Transfer, leg: Leg) -> bool:
+    return (
+        existing.debit_account_id == leg.debit.pk
+        and existing.credit_account_id == leg.credit.pk
+        and existing.amount == leg.amount
+        and existing.kind == leg.kind
+        and existing.escrow_id == leg.escrow_id
+    )
+
+
+def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
+    """Post all legs atomically and return their transfers, in the order given.
+
+    A leg whose idempotency key was already posted with the same fields returns the
+    existing transfer and moves nothing; with different fields the whole call raises
+    IdempotencyConflict and writes nothing. Raises InsufficientFunds if a customer wallet
+    or holding would go negative.
+    """
+    if not legs:
+        return []
+    for leg in legs:
+        _validate(leg)
+    keys = [leg.idempotency_key for leg in legs]
+    if len(set(keys)) != len(keys):
+        raise LedgerError("idempotency keys repeat within one posting")
+
+    with transaction.atomic(savepoint=False):
+        accounts = lock_accounts([a.pk for leg in legs for a in (leg.debit, leg.credit)])
+        # Read after locking, so a concurrent post of the same key has committed by now.
+        existing = {t.idempotency_key: t for t in Transfer.objects.filter(idempotency_key__in=keys)}
+        new_legs = []
+        for leg in legs:
+            found = existing.get(leg.idempotency_key)
+            if found is None:
+                new_legs.append(leg)
+            elif not _same(found, leg):
+                raise IdempotencyConflict(
+                    f"idempotency key {leg.idempotency_key!r} was used for a different transfer",
+                    {"existing_transfer_id": found.pk},
+                )
+
+        delta: dict[int, Decimal] = defaultdict(Decimal)
+        for leg in new_legs:
+            delta[leg.debit.pk] -= leg.amount
+            delta[leg.credit.pk] += leg.amount
+        for account_id, change in delta.items():
+            account = accounts[account_id]
+            if account.kind in NON_NEGATIVE_KINDS and account.balance + change < 0:
+                raise InsufficientFunds(
+                    f"{account} has {account.balance}, cannot pay out {-change}",
+                    {"account_id": account_id, "balance": str(account.balance)},
+                )
+
+        try:
+            created = Transfer.objects.bulk_create(
+                [
+                    Transfer(
+                        kind=leg.kind,
+                        amount=leg.amount,
+                        currency=leg.debit.currency,
+                        debit_account_id=leg.debit.pk,
+                        credit_account_id=leg.credit.pk,
+                        idempotency_key=leg.idempotency_key,
+                        escrow_id=leg.escrow_id,
+                        reference=leg.reference,
+                        memo=leg.memo,
+                        actor_id=leg.actor_id,
+                        reverses_id=leg.reverses_id,
+                    )
+                    for leg in new_legs
+                ]
+            )
+        except IntegrityError as exc:
+            # A concurrent post of the same key among accounts we did not lock: let the
+            # caller's unit of work fail visibly and be retried; on retry it is idempotent.
+            raise LedgerError(f"concurrent posting of the same transfer: {exc}") from exc
+
+        for account_id in sorted(delta, key=lambda pk: (accounts[pk].kind not in NON_NEGATIVE_KINDS, pk)):
+            if delta[account_id]:
+                Account.objects.filter(pk=account_id).update(balance=F("balance") + delta[account_id])
+                accounts[account_id].balance += delta[account_id]
+
+    by_key = {t.idempotency_key: t for t in created} | existing
+    return [by_key[key] for key in keys]
+
+
+def post_transfer(
+    *,
+    debit: Account,
+    credit: Account,
+    amount: Decimal,
+    kind: str,
+    idempotency_key: str,
+    escrow_id: int | None = None,
+    reference: str = "",
+    memo: str = "",
+    actor_id: int | None = None,
+) -> Transfer:
+    """Post one transfer; see post_transfers."""
+    leg = Leg(debit, credit, amount, kind, idempotency_key, escrow_id, reference, memo, actor_id)
+    return post_transfers([leg])[0]
+
+
+def reverse_transfer(
+    *, transfer: Transfer, idempotency_key: str, memo: str = "", actor_id: int | None = None
+) -> Transfer:
+    """Post the exact opposite of `transfer`: ledger rows are never edited.
+
+    A transfer can be reversed once (unique `reverses`); reversing a payout that the
+    recipient already spent raises InsufficientFunds.
+    """
+    accounts = Account.objects.in_bulk([transfer.debit_account_id, transfer.credit_account_id])
+    leg = Leg(
+        debit=accounts[transfer.credit_account_id],
+        credit=accounts[transfer.debit_account_id],
+        amount=transfer.amount,
+        kind=TransferKind.REVERSAL,
+        idempotency_key=idempotency_key,
+        escrow_id=transfer.escrow_id,
+        reference=f"reverses transfer #{transfer.pk}",
+        memo=memo,
+        actor_id=actor_id,
+        reverses_id=transfer.pk,
+    )
+    return post_transfers([leg])[0]

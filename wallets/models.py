@@ -1,0 +1,273 @@
+"""Customers, ledger accounts, append-only transfers and customer-facing transaction records."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from wallets.money import MONEY_DIGITS, MONEY_PLACES, USD
+
+
+class Customer(models.Model):
+    """A Telegram user; their Telegram user id is the primary key."""
+
+    telegram_id = models.BigIntegerField(primary_key=True)
+    username = models.CharField(max_length=64, blank=True)
+    email = models.EmailField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.telegram_id}" + (f" (@{self.username})" if self.username else "")
+
+
+class AccountKind(models.TextChoices):
+    CUSTOMER = "customer", "Customer wallet"
+    ESCROW_HOLDING = "escrow_holding", "Escrow holding"
+    PLATFORM_REVENUE = "platform_revenue", "Platform fee revenue"
+    PROVIDER_CLEARING = "provider_clearing", "Provider clearing"
+    SUSPENSE = "suspense", "Suspense (unmatched money)"
+    STAFF_ADJUSTMENTS = "staff_adjustments", "Staff adjustments"
+
+
+# Accounts that hold someone's money and so may never be overdrawn.
+NON_NEGATIVE_KINDS = (AccountKind.CUSTOMER, AccountKind.ESCROW_HOLDING)
+
+
+class Account(models.Model):
+    """A ledger account. `balance` is a cache of credits minus debits of its transfers.
+
+    Invariants: it changes only in the transaction that posts a transfer, under a row lock
+    (wallets.ledger); the sum of all balances in a currency is zero; customer wallets and
+    escrow holdings never go below zero (CHECK constraint).
+    """
+
+    kind = models.CharField(max_length=32, choices=AccountKind.choices)
+    currency = models.CharField(max_length=8, default=USD)
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="accounts"
+    )
+    escrow = models.OneToOneField(
+        "escrow.Escrow",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="holding_account",
+    )
+    provider = models.CharField(max_length=32, blank=True)
+    balance = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=Decimal("0")
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=AccountKind.values), name="account_kind_valid"
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind__in=NON_NEGATIVE_KINDS) | Q(balance__gte=0),
+                name="account_balance_non_negative",
+            ),
+            # Each kind names its owner, and only its owner.
+            models.CheckConstraint(
+                condition=(
+                    Q(kind=AccountKind.CUSTOMER, customer__isnull=False, escrow__isnull=True)
+                    | Q(kind=AccountKind.ESCROW_HOLDING, customer__isnull=True, escrow__isnull=False)
+                    | Q(kind=AccountKind.PROVIDER_CLEARING, customer__isnull=True, escrow__isnull=True)
+                    & ~Q(provider="")
+                    | Q(
+                        kind__in=[
+                            AccountKind.PLATFORM_REVENUE,
+                            AccountKind.SUSPENSE,
+                            AccountKind.STAFF_ADJUSTMENTS,
+                        ],
+                        customer__isnull=True,
+                        escrow__isnull=True,
+                        provider="",
+                    )
+                ),
+                name="account_owner_matches_kind",
+            ),
+            models.UniqueConstraint(
+                fields=["customer", "currency"],
+                condition=Q(kind=AccountKind.CUSTOMER),
+                name="account_one_wallet_per_customer_currency",
+            ),
+            models.UniqueConstraint(
+                fields=["provider", "currency"],
+                condition=Q(kind=AccountKind.PROVIDER_CLEARING),
+                name="account_one_clearing_per_provider_currency",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "currency"],
+                condition=Q(
+                    kind__in=[
+                        AccountKind.PLATFORM_REVENUE,
+                        AccountKind.SUSPENSE,
+                        AccountKind.STAFF_ADJUSTMENTS,
+                    ]
+                ),
+                name="account_one_system_account_per_currency",
+            ),
+        ]
+        indexes = [models.Index(fields=["kind"], name="account_kind_idx")]
+
+    def __str__(self) -> str:
+        if self.kind == AccountKind.CUSTOMER:
+            owner = f"customer {self.customer_id}"
+        elif self.kind == AccountKind.ESCROW_HOLDING:
+            owner = f"escrow #{self.escrow_id}"
+        elif self.kind == AccountKind.PROVIDER_CLEARING:
+            owner = self.provider
+        else:
+            owner = self.get_kind_display()
+        return f"{owner} [{self.kind} {self.currency}]"
+
+
+class TransferKind(models.TextChoices):
+    ESCROW_PAYMENT = "escrow_payment", "Escrow payment"
+    OVERPAYMENT_CREDIT = "overpayment_credit", "Overpayment credit"
+    LATE_PAYMENT_CREDIT = "late_payment_credit", "Late/extra payment credit"
+    ESCROW_RELEASE = "escrow_release", "Escrow release to seller"
+    ESCROW_REFUND = "escrow_refund", "Escrow refund to buyer"
+    FEE = "fee", "Platform fee"
+    FEE_SHORTFALL = "fee_shortfall", "Accepted underpayment absorbed by the platform"
+    SUSPENSE = "suspense", "Unmatched payment to suspense"
+    SUSPENSE_RESOLUTION = "suspense_resolution", "Suspense payment resolved by staff"
+    STAFF_ADJUSTMENT = "staff_adjustment", "Staff adjustment"
+    REVERSAL = "reversal", "Reversal of an earlier transfer"
+
+
+class Transfer(models.Model):
+    """One movement of a positive amount from `debit_account` to `credit_account`.
+
+    Rows are never updated or deleted (a PostgreSQL trigger rejects it): corrections are
+    reversing transfers. `idempotency_key` is unique: posting it again with the same fields
+    returns the existing row; with different fields it is refused.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=32, choices=TransferKind.choices)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    currency = models.CharField(max_length=8, default=USD)
+    debit_account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="debits"
+    )
+    credit_account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="credits"
+    )
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    escrow = models.ForeignKey(
+        "escrow.Escrow",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="transfers",
+    )
+    reverses = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by"
+    )
+    reference = models.CharField(
+        max_length=200, blank=True, help_text="External reference, e.g. provider:txid."
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Staff member who caused it, if any.",
+    )
+    memo = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="transfer_amount_positive"),
+            models.CheckConstraint(
+                condition=~Q(debit_account=models.F("credit_account")),
+                name="transfer_accounts_differ",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=TransferKind.values), name="transfer_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind} {self.amount} {self.currency}"
+
+
+class TransactionType(models.TextChoices):
+    ESCROW_PAYMENT = "escrow_payment", "Escrow payment"
+    OVERPAYMENT_CREDIT = "overpayment_credit", "Overpayment credit"
+    LATE_PAYMENT_CREDIT = "late_payment_credit", "Late/extra payment credit"
+    ESCROW_RELEASE = "escrow_release", "Escrow release"
+    ESCROW_REFUND = "escrow_refund", "Escrow refund"
+    FEE = "fee", "Fee"
+    SUSPENSE = "suspense", "Unmatched payment"
+    STAFF_ADJUSTMENT = "staff_adjustment", "Staff adjustment"
+
+
+class TransactionStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class Transaction(models.Model):
+    """A customer-facing transaction record (what staff and the bot show), e.g.
+    ESC_ES101325WZY2_6462e85a. Money itself moves only as the ledger transfers it links.
+
+    `amount` is USD; a crypto payment's coin amount is kept apart in `crypto_amount`.
+    """
+
+    transaction_id = models.CharField(max_length=100, unique=True)
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="transactions"
+    )
+    type = models.CharField(max_length=32, choices=TransactionType.choices)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    currency = models.CharField(max_length=8, default=USD)
+    crypto_amount = models.DecimalField(
+        max_digits=40, decimal_places=18, null=True, blank=True
+    )
+    crypto_currency = models.CharField(max_length=16, blank=True)
+    status = models.CharField(
+        max_length=16, choices=TransactionStatus.choices, default=TransactionStatus.COMPLETED
+    )
+    provider = models.CharField(max_length=32, blank=True)
+    external_tx_id = models.CharField(max_length=200, blank=True)
+    escrow = models.ForeignKey(
+        "escrow.Escrow",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="transactions",
+    )
+    description = models.CharField(max_length=500, blank=True)
+    transfers = models.ManyToManyField(Transfer, related_name="transactions", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="transaction_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(type__in=TransactionType.values), name="transaction_type_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=TransactionStatus.values),
+                name="transaction_status_valid",
+            ),
+            # One record of each type per provider transaction: a replayed payment cannot
+            # produce a second escrow_payment record.
+            models.UniqueConstraint(
+                fields=["provider", "external_tx_id", "type"],
+                condition=~Q(external_tx_id=""),
+                name="transaction_unique_external_tx_per_type",
+            ),
+        ]
+        indexes = [models.Index(fields=["external_tx_id"], name="transaction_ext_tx_idx")]
+
+    def __str__(self) -> str:
+        return self.transaction_id
