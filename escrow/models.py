@@ -172,3 +172,31 @@ class StatusChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.escrow_id}: {self.from_status} -> {self.to_status}"
+
+
+class StaffAction(models.Model):
+    """Append-only audit log of what staff did: who, when, why, and what changed.
+
+    Written by the service that performs the action, in the same transaction, so an
+    action that failed leaves no audit row and an audit row always has its effects.
+    """
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="staff_actions"
+    )
+    action = models.CharField(max_length=64)
+    reason = models.TextField()
+    escrow = models.ForeignKey(
+        Escrow, null=True, blank=True, on_delete=models.PROTECT, related_name="staff_actions"
+    )
+    target = models.CharField(max_length=200, blank=True, help_text="What it acted on.")
+    changes = models.JSONField(default=dict, help_text="What changed (before/after, ids).")
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=~Q(reason=""), name="staff_action_reason_required"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.target}"

@@ -3,20 +3,22 @@
 from django.db import migrations
 
 PG_UP = """
-CREATE OR REPLACE FUNCTION wallets_transfer_append_only() RETURNS trigger AS $$
+-- Shared by every append-only table (ledger transfers, audit and status history).
+CREATE OR REPLACE FUNCTION append_only_guard() RETURNS trigger AS $$
 BEGIN
     RAISE EXCEPTION USING
-        MESSAGE = 'wallets_transfer is append-only: ' || TG_OP || ' refused (post a reversing transfer)',
+        MESSAGE = TG_TABLE_NAME || ' is append-only: ' || TG_OP || ' refused',
+        HINT = 'Correct it with a new row (for the ledger: a reversing transfer).',
         ERRCODE = 'restrict_violation';
 END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER wallets_transfer_append_only
     BEFORE UPDATE OR DELETE ON wallets_transfer
-    FOR EACH ROW EXECUTE FUNCTION wallets_transfer_append_only();
+    FOR EACH ROW EXECUTE FUNCTION append_only_guard();
 """
 PG_DOWN = """
 DROP TRIGGER IF EXISTS wallets_transfer_append_only ON wallets_transfer;
-DROP FUNCTION IF EXISTS wallets_transfer_append_only();
+DROP FUNCTION IF EXISTS append_only_guard();
 """
 SQLITE_UP = [
     """CREATE TRIGGER wallets_transfer_no_update BEFORE UPDATE ON wallets_transfer
