@@ -78,9 +78,11 @@ class WebhookReceipt(models.Model):
             models.CheckConstraint(
                 condition=Q(outcome__in=Outcome.values), name="receipt_outcome_valid"
             ),
-            # An unsigned delivery can only ever be rejected.
+            # A delivery whose signature did not verify can only ever be rejected (an
+            # oversized body is not read in full, so its signature is never checked).
             models.CheckConstraint(
-                condition=Q(signature_valid=True) | Q(outcome=Outcome.UNAUTHENTICATED),
+                condition=Q(signature_valid=True)
+                | Q(outcome__in=[Outcome.UNAUTHENTICATED, Outcome.TOO_LARGE]),
                 name="receipt_unsigned_never_processed",
             ),
         ]

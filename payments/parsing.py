@@ -59,7 +59,9 @@ class PaymentNotification:
             "tx_id": self.tx_id,
             "base_amount": str(self.base_amount) if self.base_amount is not None else None,
             "base_currency": self.base_currency,
-            "paid_amount": str(self.paid_amount.normalize()) if self.paid_amount is not None else None,
+            "paid_amount": str(self.paid_amount.normalize())
+            if self.paid_amount is not None
+            else None,
             "paid_currency": self.paid_currency,
             "escrow_ref": self.escrow_ref,
         }

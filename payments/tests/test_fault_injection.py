@@ -1,0 +1,176 @@
+"""Fault injection: whatever fails mid-way, nothing partial survives, the failure is
+recorded with its traceback, the provider gets a 500, and a retry applies it once."""
+
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import OperationalError, connection
+
+from escrow import services as escrow_services
+from escrow.models import EscrowStatus
+from escrow.tests.factories import make_escrow
+from payments import services
+from payments.models import Outcome, WebhookReceipt
+from payments.signing import sign
+from payments.tests.test_webhook import assert_ledger_balanced, snapshot, wallet
+from payments.tests.webhooks import encode, payload
+from wallets import ledger
+from wallets.models import Transaction
+
+BUYER = 5590563715
+
+
+class FailNthStatement:
+    """execute_wrapper that raises instead of running the n-th statement it sees."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+        self.fired_on = ""
+
+    def __call__(self, execute, sql, params, many, context):
+        self.seen += 1
+        if self.seen == self.n:
+            self.fired_on = sql
+            raise OperationalError(f"injected failure on statement {self.n}: {sql[:60]}")
+        return execute(sql, params, many, context)
+
+
+def stored_delivery(escrow_id: str, tx_id: str, base_amount: str = "101.00") -> WebhookReceipt:
+    body = encode(payload(escrow_id=escrow_id, tx_id=tx_id, base_amount=base_amount))
+    return services.store_receipt(
+        body=body,
+        headers={"X-DynoPay-Signature": sign(body, "test-webhook-secret")},
+        remote_ip="127.0.0.1",
+    )
+
+
+def assert_failed_cleanly(receipt: WebhookReceipt, before: dict, response) -> None:
+    assert response.status == 500
+    assert snapshot() == before, "a partial effect survived the failure"
+    receipt.refresh_from_db()
+    assert receipt.outcome == Outcome.FAILED
+    assert "Traceback" in receipt.traceback
+    assert receipt.last_error
+    assert receipt.attempts >= 1
+
+
+def assert_applied_once(escrow_id: str, tx_id: str, wallet_before: Decimal) -> None:
+    escrow = escrow_services.Escrow.objects.get(escrow_id=escrow_id)
+    assert escrow.status == EscrowStatus.PAYMENT_CONFIRMED
+    assert escrow.holding.account.balance == escrow.total_due
+    assert wallet(BUYER) == wallet_before + Decimal("101.00") - escrow.total_due
+    assert Transaction.objects.filter(external_tx_id=tx_id, type="escrow_payment").count() == 1
+    assert_ledger_balanced()
+
+
+@pytest.mark.django_db
+def test_every_sql_statement_of_the_apply_path_failing_in_turn_leaves_nothing_partial():
+    # Warm up: accounts that exist after the first payment change the statement count.
+    warm = make_escrow(buyer_id=BUYER)
+    services.run_processing(receipt_id=stored_delivery(warm.escrow_id, "warm-up").pk, source="test")
+
+    n = 0
+    while True:
+        n += 1
+        escrow = make_escrow(buyer_id=BUYER)
+        tx_id = str(uuid.uuid4())
+        receipt = stored_delivery(escrow.escrow_id, tx_id)
+        wallet_before = wallet(BUYER)
+        before = snapshot()
+        injector = FailNthStatement(n)
+        with connection.execute_wrapper(injector):
+            response = services.run_processing(receipt_id=receipt.pk, source="webhook")
+        if not injector.fired_on:
+            # Fewer statements than n: every statement has had its turn.
+            assert response.status == 200
+            break
+        assert_failed_cleanly(receipt, before, response)
+        retried = services.retry_receipt(receipt_id=receipt.pk)
+        assert retried.status == 200, retried.body
+        assert retried.body["outcome"] == "applied"
+        assert_applied_once(escrow.escrow_id, tx_id, wallet_before)
+        # A second retry is a no-op.
+        assert services.retry_receipt(receipt_id=receipt.pk).body["outcome"] == "applied"
+        assert_applied_once(escrow.escrow_id, tx_id, wallet_before)
+    assert n > 20, f"only {n - 1} statements were exercised"
+
+
+STEPS = [
+    ("escrow.services", "lock_escrow"),
+    ("escrow.services", "_open_holding"),
+    ("escrow.services", "_record"),
+    ("escrow.services", "_set_status"),
+    ("escrow.services", "_notify"),
+    ("escrow.services", "enqueue_notification"),
+    ("wallets.ledger", "post_transfers"),
+    ("wallets.ledger", "customer_wallet"),
+    ("wallets.ledger", "clearing_account"),
+    ("payments.services", "_claim"),
+    ("payments.services", "_save_outcome"),
+    ("payments.services", "parse_notification"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("module,name", STEPS, ids=[f"{m}.{n}" for m, n in STEPS])
+def test_an_exception_in_any_step_fails_visibly_and_retry_applies_once(monkeypatch, module, name):
+    import importlib
+
+    escrow = make_escrow(buyer_id=BUYER)
+    tx_id = str(uuid.uuid4())
+    receipt = stored_delivery(escrow.escrow_id, tx_id)
+    wallet_before = wallet(BUYER)
+    before = snapshot()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"injected failure in {name}")
+
+    target = importlib.import_module(module)
+    original = getattr(target, name)
+    monkeypatch.setattr(target, name, boom)
+    response = services.run_processing(receipt_id=receipt.pk, source="webhook")
+    assert_failed_cleanly(receipt, before, response)
+    receipt.refresh_from_db()
+    assert f"injected failure in {name}" in receipt.traceback
+
+    monkeypatch.setattr(target, name, original)
+    assert services.retry_receipt(receipt_id=receipt.pk).body["outcome"] == "applied"
+    assert_applied_once(escrow.escrow_id, tx_id, wallet_before)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_commit_applies_nothing_and_is_retried(monkeypatch):
+    escrow = make_escrow(buyer_id=BUYER)
+    receipt = stored_delivery(escrow.escrow_id, "tx-commit")
+    wallet_before = wallet(BUYER)
+    before = snapshot()
+    real_commit = connection.commit
+    calls = {"n": 0}
+
+    def failing_commit():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("injected: server closed the connection during COMMIT")
+        return real_commit()
+
+    monkeypatch.setattr(connection, "commit", failing_commit)
+    response = services.run_processing(receipt_id=receipt.pk, source="webhook")
+    monkeypatch.undo()
+    assert_failed_cleanly(receipt, before, response)
+    assert services.retry_receipt(receipt_id=receipt.pk).body["outcome"] == "applied"
+    assert_applied_once(escrow.escrow_id, "tx-commit", wallet_before)
+
+
+@pytest.mark.django_db
+def test_the_failure_is_logged_at_error_with_escrow_and_key(monkeypatch, caplog):
+    escrow = make_escrow(buyer_id=BUYER)
+    receipt = stored_delivery(escrow.escrow_id, "tx-logged")
+    monkeypatch.setattr(ledger, "post_transfers", lambda legs: 1 / 0)
+    services.run_processing(receipt_id=receipt.pk, source="webhook")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors, "the failure was not logged"
+    message = errors[0].getMessage()
+    assert escrow.escrow_id in message and "tx-logged" in message
+    assert errors[0].exc_info is not None
