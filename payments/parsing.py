@@ -51,11 +51,12 @@ class PaymentNotification:
 
     @property
     def payload_hash(self) -> str:
-        """Hash of the fields that matter, so a webhook and a reconciled API read of the
-        same payment agree, and whitespace or key order never makes a "conflict"."""
+        """Hash of the fields that decide what the event does to money, so a webhook, a
+        reconciled API read and a staff entry of the same payment agree, and whitespace or
+        key order never makes a "conflict". The provider's payment id is left out: staff
+        confirming from blockchain evidence may not know it."""
         fields = {
             "event": self.event,
-            "payment_id": self.payment_id,
             "tx_id": self.tx_id,
             "base_amount": str(self.base_amount) if self.base_amount is not None else None,
             "base_currency": self.base_currency,

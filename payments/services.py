@@ -21,6 +21,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from escrow import services as escrow_services
+from escrow.audit import record_staff_action
 from escrow.models import Escrow
 from payments.models import FINAL_OUTCOMES, Outcome, PaymentEvent, WebhookReceipt
 from payments.parsing import (
@@ -349,8 +350,21 @@ def _process_locked(receipt: WebhookReceipt, *, source: str, actor_id: int | Non
     return result
 
 
+@dataclass(frozen=True)
+class StaffAudit:
+    """Who asked for a staff-initiated processing, and why: written with its effects."""
+
+    actor_id: int
+    action: str
+    reason: str
+
+
 def process_receipt(
-    *, receipt_id: int, source: str = "webhook", actor_id: int | None = None
+    *,
+    receipt_id: int,
+    source: str = "webhook",
+    actor_id: int | None = None,
+    audit: StaffAudit | None = None,
 ) -> ProcessResult:
     """Apply a stored delivery in one durable transaction, outcome included.
 
@@ -362,6 +376,15 @@ def process_receipt(
         result = _process_locked(receipt, source=source, actor_id=actor_id)
         if not result.already_final:
             _save_outcome(receipt, result)
+        if audit is not None:
+            record_staff_action(
+                actor_id=audit.actor_id,
+                action=audit.action,
+                reason=audit.reason,
+                escrow=receipt.escrow,
+                target=f"webhook receipt #{receipt.pk}",
+                changes=result.as_json(),
+            )
     return result
 
 
@@ -420,11 +443,17 @@ def handle_delivery(
 
 
 def run_processing(
-    *, receipt_id: int, source: str, actor_id: int | None = None
+    *,
+    receipt_id: int,
+    source: str,
+    actor_id: int | None = None,
+    audit: StaffAudit | None = None,
 ) -> DeliveryResponse:
     """Process a receipt; on any failure record it (traceback, attempts) and answer 500."""
     try:
-        result = process_receipt(receipt_id=receipt_id, source=source, actor_id=actor_id)
+        result = process_receipt(
+            receipt_id=receipt_id, source=source, actor_id=actor_id, audit=audit
+        )
     except Exception as exc:  # noqa: BLE001 - recorded on the receipt, logged, answered 500
         # Not swallowed: the failure is stored on the receipt with its traceback, logged at
         # ERROR, and answered with a 500 so the provider retries.
