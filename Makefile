@@ -1,27 +1,35 @@
 # The two commands a newcomer needs: `make run` and `make test`. See README.md.
-PYTHON ?= python3
+# Python 3.11 is required; PYTHON=/path/to/python3.11 picks a specific interpreter.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# `make run HOST=0.0.0.0 PORT=8001` serves elsewhere.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: run test lint format sandbox benchmark clean
+.PHONY: run test lint format clean
 
 $(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(v != (3, 11) and f"Python 3.11 is required but $(PYTHON) is {v[0]}.{v[1]}: make PYTHON=/path/to/python3.11 ...")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-.env:
-	sed "s/^SECRET_KEY=.*/SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(40))')/" .env.example > .env
+# A local settings file for `make run`: DEBUG on and a random SECRET_KEY. Kept if present.
+.env: | .env.example
+	umask 077 && sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(40))')/" \
+		-e "s/^DEBUG=.*/DEBUG=true/" .env.example > .env.tmp && mv .env.tmp .env
 
-## run: install, migrate the embedded SQLite database, load the demo, serve on :8000
+## run: install, migrate the embedded SQLite database under var/, load the demo, serve
 run: $(STAMP) .env
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py escrow_seed_demo
-	$(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(BIN)/python manage.py escrow_seed_demo --base-url http://$(HOST):$(PORT)
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-## test: the whole suite on PostgreSQL (DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster)
+## test: the whole suite on PostgreSQL (DATABASE_URL, else 127.0.0.1:5432, else a
+## throwaway cluster; see scripts/with-postgres.sh). PYTEST_ARGS="-k ledger -x" narrows it.
 test: $(STAMP)
 	SECRET_KEY=test-only-secret-key DEBUG=false scripts/with-postgres.sh $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -33,5 +41,6 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## clean: remove the virtualenv and the local database (the demo starts over)
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
