@@ -39,6 +39,8 @@ INCIDENT_BUYER = 5590563715
 INCIDENT_ESCROW_ID = "ES101325WZY2"
 INCIDENT_TOTAL_DUE = Decimal("96.74")
 OPENING_BALANCE = Decimal("7.35")
+INCIDENT_TX_ID = "6462e85a-12da-403c-8eeb-e1697b9bbbe7"
+DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks/dynopay/"
 OPENING_BALANCE_KEY = f"demo:opening_balance:{INCIDENT_BUYER}"
 OPENING_BALANCE_RECORD = f"ADJ_DEMO_{INCIDENT_BUYER}"
 DEMO_SELLER = 7845120931
@@ -409,9 +411,11 @@ class Command(BaseCommand):
             out(self.style.SUCCESS(f"  password: {admin['password']}"))
             out(f"  (kept in {admin['password_file']}; {admin['result']})")
         if "payments_simulate" in get_commands() and not self.dry_run:
+            url = summary["admin"]["login_url"].removesuffix("/admin/") + "/webhooks/dynopay/"
             out("")
             out("Replay the incident's payment ($101.00 in LTC against $96.74 due):")
             out(
                 f"  .venv/bin/python manage.py payments_simulate --escrow {INCIDENT_ESCROW_ID} "
-                "--paid-usd 101.00 --coin LTC"
+                f"--paid-usd 101.00 --coin LTC --paid-amount 0.9187 --tx-id {INCIDENT_TX_ID}"
+                + ("" if url == DEFAULT_WEBHOOK_URL else f" --url {url}")
             )
