@@ -287,7 +287,9 @@ def test_payment_for_a_closed_or_paid_escrow_is_credited_to_the_buyer_and_flagge
     if status == "cancelled":
         escrow_services.cancel_escrow(escrow_id=escrow.escrow_id)
     elif status == "expired":
-        escrow_services.expire_escrow(escrow_id=escrow.escrow_id)
+        escrow_services.expire_escrow(
+            escrow_id=escrow.escrow_id, now=escrow.expires_at + timedelta(minutes=1)
+        )
     else:
         assert post(client, payload(tx_id="tx-first")).status_code == 200
     balance = wallet(BUYER)
