@@ -120,7 +120,7 @@ def test_a_payment_for_an_expired_escrow_is_credited_to_the_buyer(dynopay_sandbo
 
 @pytest.mark.django_db
 def test_pending_payments_are_reported_not_applied(dynopay_sandbox):  # noqa: F811
-    escrow = request_deposit(escrow_id=make_escrow().escrow_id, coin="LTC")
+    request_deposit(escrow_id=make_escrow().escrow_id, coin="LTC")
     before = snapshot()
     assert [i.action for i in reconcile().items] == ["not_confirmed"]
     assert snapshot() == before
