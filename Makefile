@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format clean
+.PHONY: run test benchmark lint format clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(v != (3, 11) and f"Python 3.11 is required but $(PYTHON) is {v[0]}.{v[1]}: make PYTHON=/path/to/python3.11 ...")'
@@ -32,6 +32,10 @@ run: $(STAMP) .env
 ## throwaway cluster; see scripts/with-postgres.sh). PYTEST_ARGS="-k ledger -x" narrows it.
 test: $(STAMP)
 	SECRET_KEY=test-only-secret-key DEBUG=false scripts/with-postgres.sh $(BIN)/pytest $(PYTEST_ARGS)
+
+## benchmark: webhook throughput on PostgreSQL, e.g. BENCH_ARGS="--requests 5000 --clients 4"
+benchmark: $(STAMP)
+	scripts/with-postgres.sh $(BIN)/python benchmarks/webhook_bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
