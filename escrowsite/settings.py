@@ -140,6 +140,18 @@ NOTIFICATIONS_BOT_WEBHOOK_URL = env.str("NOTIFICATIONS_BOT_WEBHOOK_URL", default
 NOTIFICATIONS_BOT_WEBHOOK_SECRET = env.str("NOTIFICATIONS_BOT_WEBHOOK_SECRET", default="")
 NOTIFICATIONS_EMAIL_TO = env.list("NOTIFICATIONS_EMAIL_TO", default=[])
 NOTIFICATIONS_MAX_ATTEMPTS = env.int("NOTIFICATIONS_MAX_ATTEMPTS", default=12)
+# After a commit that wrote outbox rows, an in-process background thread delivers them
+# at once; `notifications_dispatch` (cron or --loop) is the safety net either way.
+NOTIFICATIONS_DISPATCH_AFTER_COMMIT = env.bool("NOTIFICATIONS_DISPATCH_AFTER_COMMIT", default=True)
+# Tests only: run that after-commit dispatch in the committing thread instead.
+NOTIFICATIONS_DISPATCH_EAGER = env.bool("NOTIFICATIONS_DISPATCH_EAGER", default=False)
+# Per send, for the bot webhook and (unless EMAIL_TIMEOUT is set) SMTP.
+NOTIFICATIONS_TIMEOUT_SECONDS = env.float("NOTIFICATIONS_TIMEOUT_SECONDS", default=10.0)
+# A claimed row is invisible to other dispatchers for this long; must exceed a send.
+NOTIFICATIONS_LEASE_SECONDS = env.int("NOTIFICATIONS_LEASE_SECONDS", default=300)
+# Retry n waits base * 2**(n-1), capped.
+NOTIFICATIONS_RETRY_BASE_SECONDS = env.int("NOTIFICATIONS_RETRY_BASE_SECONDS", default=30)
+NOTIFICATIONS_RETRY_MAX_SECONDS = env.int("NOTIFICATIONS_RETRY_MAX_SECONDS", default=4 * 3600)
 
 LOGGING = {
     "version": 1,

@@ -20,7 +20,9 @@ class Notification(models.Model):
     """One message to one recipient about one event, unique by `key`.
 
     Written in the same transaction as the change it announces; sending it can fail and
-    be retried, but never touches payment state.
+    be retried, but never touches payment state. While a dispatcher is sending, the row
+    keeps its status and `next_attempt_at` holds the end of that dispatcher's lease;
+    `attempts` counts claims and fences late writers (see notifications.dispatch).
     """
 
     key = models.CharField(max_length=200, unique=True)
@@ -54,6 +56,16 @@ class Notification(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(channel__in=Channel.values), name="notification_channel_valid"
+            ),
+            # A row that may still be sent has a time to be sent at, or no dispatcher
+            # would ever pick it up.
+            models.CheckConstraint(
+                condition=Q(status__in=["sent", "dead"]) | Q(next_attempt_at__isnull=False),
+                name="notification_due_has_next_attempt",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="sent") | Q(sent_at__isnull=False),
+                name="notification_sent_has_sent_at",
             ),
         ]
         indexes = [

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from notifications.models import Channel, Notification
+from notifications.models import Channel, Notification, NotificationStatus
 
 
 def enabled_channels() -> list[str]:
@@ -31,7 +31,8 @@ def enqueue_notification(
     """Add one row per enabled channel; a key already enqueued is left as it is.
 
     Must run inside the transaction that makes the change it announces. Delivery is
-    scheduled after commit, so a rolled-back change never sends anything.
+    scheduled after commit, so a rolled-back change never sends anything. Returns the
+    rows as built: PostgreSQL gives no ids back for ON CONFLICT DO NOTHING.
     """
     now = timezone.now()
     rows = [
@@ -57,3 +58,17 @@ def _dispatch_soon() -> None:
     from notifications.dispatch import dispatch_after_commit
 
     dispatch_after_commit()
+
+
+def requeue_notifications(*, ids: list[int]) -> int:
+    """Give failed or dead rows a fresh set of attempts, due now (a staff action).
+
+    Sent rows are left alone: sending them again is what the outbox exists to prevent.
+    """
+    with transaction.atomic(durable=True):
+        count = Notification.objects.filter(
+            pk__in=ids, status__in=[NotificationStatus.FAILED, NotificationStatus.DEAD]
+        ).update(status=NotificationStatus.PENDING, attempts=0, next_attempt_at=timezone.now())
+    if count:
+        transaction.on_commit(_dispatch_soon, robust=True)
+    return count
