@@ -122,6 +122,12 @@ ESCROW_SELLER_RESPONSE_HOURS = env.int("ESCROW_SELLER_RESPONSE_HOURS", default=2
 ESCROW_DEFAULT_DELIVERY_HOURS = env.int("ESCROW_DEFAULT_DELIVERY_HOURS", default=24)
 ESCROW_AUTO_RELEASE_HOURS = env.int("ESCROW_AUTO_RELEASE_HOURS", default=72)
 
+# --- Wallets --------------------------------------------------------------------------
+# Staff wallet adjustments above this (absolute, USD) wait for a second staff member.
+WALLET_ADJUSTMENT_APPROVAL_THRESHOLD = env.get_value(
+    "WALLET_ADJUSTMENT_APPROVAL_THRESHOLD", cast=Decimal, default="100.00"
+)
+
 # --- Payments -------------------------------------------------------------------------
 # An underpayment of at most max(floor, percent of total due) still confirms the escrow.
 PAYMENT_TOLERANCE_USD = env.get_value("PAYMENT_TOLERANCE_USD", cast=Decimal, default="1.00")

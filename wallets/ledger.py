@@ -27,7 +27,7 @@ from wallets.models import (
     Transfer,
     TransferKind,
 )
-from wallets.money import USD, quantize_usd
+from wallets.money import CENT, MONEY_DIGITS, MONEY_PLACES, USD, quantize_usd
 
 SYSTEM_KINDS = (
     AccountKind.PLATFORM_REVENUE,
@@ -114,13 +114,23 @@ def lock_accounts(account_ids: Sequence[int]) -> dict[int, Account]:
 # --- posting ---------------------------------------------------------------------------
 
 
+# The largest amount the numeric(MONEY_DIGITS, MONEY_PLACES) columns can store.
+MAX_AMOUNT = Decimal(10) ** (MONEY_DIGITS - MONEY_PLACES) - CENT
+
+
 def _validate(leg: Leg) -> None:
     if not isinstance(leg.amount, Decimal):
         raise LedgerError(f"amount must be a Decimal, got {type(leg.amount).__name__}")
     if not leg.amount.is_finite() or leg.amount <= 0:
         raise LedgerError(f"amount must be positive, got {leg.amount}")
+    # Checked before quantizing: quantize raises InvalidOperation past 28 digits, and an
+    # amount the column cannot hold would otherwise surface as a DataError mid-posting.
+    if leg.amount > MAX_AMOUNT:
+        raise LedgerError(f"amount {leg.amount} is larger than the ledger can hold")
     if quantize_usd(leg.amount) != leg.amount:
         raise LedgerError(f"amount {leg.amount} has more precision than cents")
+    if leg.debit.pk is None or leg.credit.pk is None:
+        raise LedgerError("both accounts must be saved before posting")
     if leg.debit.pk == leg.credit.pk:
         raise LedgerError("debit and credit accounts must differ")
     if leg.debit.currency != leg.credit.currency:
@@ -136,6 +146,7 @@ def _same(existing: Transfer, leg: Leg) -> bool:
         and existing.amount == leg.amount
         and existing.kind == leg.kind
         and existing.escrow_id == leg.escrow_id
+        and existing.reverses_id == leg.reverses_id
     )
 
 
@@ -168,6 +179,23 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
                 raise IdempotencyConflict(
                     f"idempotency key {leg.idempotency_key!r} was used for a different transfer",
                     {"existing_transfer_id": found.pk},
+                )
+        # Checked under the same locks as the original's accounts, so of two concurrent
+        # reversals the second sees the first and gets a clear error, not an IntegrityError.
+        reversing = [leg.reverses_id for leg in new_legs if leg.reverses_id is not None]
+        if len(set(reversing)) != len(reversing):
+            raise LedgerError("one posting reverses the same transfer twice")
+        if reversing:
+            already = (
+                Transfer.objects.filter(reverses_id__in=reversing)
+                .values_list("reverses_id", "pk")
+                .first()
+            )
+            if already:
+                original_id, reversal_id = already
+                raise LedgerError(
+                    f"transfer #{original_id} was already reversed by transfer #{reversal_id}",
+                    {"transfer_id": original_id, "reversal_id": reversal_id},
                 )
 
         delta: dict[int, Decimal] = defaultdict(Decimal)
@@ -206,9 +234,13 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
             # caller's unit of work fail visibly and be retried; on retry it is idempotent.
             raise LedgerError(f"concurrent posting of the same transfer: {exc}") from exc
 
-        for account_id in sorted(delta, key=lambda pk: (accounts[pk].kind not in NON_NEGATIVE_KINDS, pk)):
+        for account_id in sorted(
+            delta, key=lambda pk: (accounts[pk].kind not in NON_NEGATIVE_KINDS, pk)
+        ):
             if delta[account_id]:
-                Account.objects.filter(pk=account_id).update(balance=F("balance") + delta[account_id])
+                Account.objects.filter(pk=account_id).update(
+                    balance=F("balance") + delta[account_id]
+                )
                 accounts[account_id].balance += delta[account_id]
 
     by_key = {t.idempotency_key: t for t in created} | existing

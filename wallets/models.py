@@ -73,8 +73,14 @@ class Account(models.Model):
             models.CheckConstraint(
                 condition=(
                     Q(kind=AccountKind.CUSTOMER, customer__isnull=False, escrow__isnull=True)
-                    | Q(kind=AccountKind.ESCROW_HOLDING, customer__isnull=True, escrow__isnull=False)
-                    | Q(kind=AccountKind.PROVIDER_CLEARING, customer__isnull=True, escrow__isnull=True)
+                    | Q(
+                        kind=AccountKind.ESCROW_HOLDING, customer__isnull=True, escrow__isnull=False
+                    )
+                    | Q(
+                        kind=AccountKind.PROVIDER_CLEARING,
+                        customer__isnull=True,
+                        escrow__isnull=True,
+                    )
                     & ~Q(provider="")
                     | Q(
                         kind__in=[
@@ -151,12 +157,8 @@ class Transfer(models.Model):
     kind = models.CharField(max_length=32, choices=TransferKind.choices)
     amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     currency = models.CharField(max_length=8, default=USD)
-    debit_account = models.ForeignKey(
-        Account, on_delete=models.PROTECT, related_name="debits"
-    )
-    credit_account = models.ForeignKey(
-        Account, on_delete=models.PROTECT, related_name="credits"
-    )
+    debit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="debits")
+    credit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credits")
     idempotency_key = models.CharField(max_length=200, unique=True)
     escrow = models.ForeignKey(
         "escrow.Escrow",
@@ -228,9 +230,7 @@ class Transaction(models.Model):
     type = models.CharField(max_length=32, choices=TransactionType.choices)
     amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     currency = models.CharField(max_length=8, default=USD)
-    crypto_amount = models.DecimalField(
-        max_digits=40, decimal_places=18, null=True, blank=True
-    )
+    crypto_amount = models.DecimalField(max_digits=40, decimal_places=18, null=True, blank=True)
     crypto_currency = models.CharField(max_length=16, blank=True)
     status = models.CharField(
         max_length=16, choices=TransactionStatus.choices, default=TransactionStatus.COMPLETED
@@ -271,3 +271,95 @@ class Transaction(models.Model):
 
     def __str__(self) -> str:
         return self.transaction_id
+
+
+class AdjustmentStatus(models.TextChoices):
+    PENDING = "pending", "Pending approval"
+    APPROVED = "approved", "Approved and posted"
+    REJECTED = "rejected", "Rejected"
+
+
+class AdjustmentRequest(models.Model):
+    """A staff wallet adjustment above the approval threshold, waiting for a second person.
+
+    `amount` is signed: positive credits the wallet, negative debits it. Invariants (CHECK
+    constraints): it is decided at most once; an approved request names its transfer and a
+    decider other than the requester; a pending one has no decision; reasons are non-empty.
+    """
+
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="adjustment_requests"
+    )
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    currency = models.CharField(max_length=8, default=USD)
+    reason = models.TextField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    idempotency_key = models.CharField(max_length=200, blank=True)
+    status = models.CharField(
+        max_length=16, choices=AdjustmentStatus.choices, default=AdjustmentStatus.PENDING
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
+    transfer = models.OneToOneField(
+        Transfer,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="adjustment_request",
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount=0), name="adjustment_amount_nonzero"),
+            models.CheckConstraint(condition=~Q(reason=""), name="adjustment_reason_required"),
+            models.CheckConstraint(
+                condition=Q(status__in=AdjustmentStatus.values), name="adjustment_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(
+                        status=AdjustmentStatus.PENDING,
+                        decided_by__isnull=True,
+                        decided_at__isnull=True,
+                        transfer__isnull=True,
+                        decision_reason="",
+                    )
+                    | Q(
+                        status=AdjustmentStatus.APPROVED,
+                        decided_by__isnull=False,
+                        decided_at__isnull=False,
+                        transfer__isnull=False,
+                    )
+                    & ~Q(decision_reason="")
+                    | Q(
+                        status=AdjustmentStatus.REJECTED,
+                        decided_by__isnull=False,
+                        decided_at__isnull=False,
+                        transfer__isnull=True,
+                    )
+                    & ~Q(decision_reason="")
+                ),
+                name="adjustment_decision_matches_status",
+            ),
+            # Four eyes: nobody approves their own request.
+            models.CheckConstraint(
+                condition=~Q(status=AdjustmentStatus.APPROVED)
+                | ~Q(decided_by=models.F("requested_by")),
+                name="adjustment_approver_not_requester",
+            ),
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="adjustment_unique_idempotency_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["status"], name="adjustment_status_idx")]
+
+    def __str__(self) -> str:
+        return f"adjustment #{self.pk} {self.amount:+} {self.currency} ({self.status})"

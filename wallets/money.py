@@ -19,7 +19,7 @@ def parse_decimal(value: object) -> Decimal:
 
     Raises ValueError with a readable message for anything else, NaN or infinities.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise ValueError(f"not an exact decimal: {value!r}")
     if isinstance(value, (int, Decimal)):
         result = Decimal(value)
