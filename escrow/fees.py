@@ -7,7 +7,10 @@ from django.conf import settings
 
 from escrow.models import FeeSplit
 from escrowsite.errors import ApplicationError
-from wallets.money import quantize_usd
+from wallets.money import MONEY_DIGITS, MONEY_PLACES, quantize_usd
+
+# The largest amount the money columns can store, less room for the fee on top.
+MAX_AMOUNT = Decimal(10) ** (MONEY_DIGITS - MONEY_PLACES - 1)
 
 
 @dataclass(frozen=True)
@@ -18,16 +21,32 @@ class FeeBreakdown:
     total_due: Decimal
 
 
+def check_amount(amount: object, *, what: str = "The escrow amount") -> Decimal:
+    """A positive, finite Decimal in whole cents that the money columns can hold.
+
+    Raises ApplicationError otherwise, so a bad amount is a clear refusal rather than a
+    TypeError or a database error half-way through a service.
+    """
+    if not isinstance(amount, Decimal) or isinstance(amount, bool):
+        raise ApplicationError(f"{what} must be a Decimal.", {"amount": repr(amount)})
+    if not amount.is_finite():
+        raise ApplicationError(f"{what} must be a finite number.", {"amount": str(amount)})
+    if amount <= 0:
+        raise ApplicationError(f"{what} must be positive.", {"amount": str(amount)})
+    if amount >= MAX_AMOUNT:
+        raise ApplicationError(f"{what} is too large.", {"amount": str(amount)})
+    if quantize_usd(amount) != amount:
+        raise ApplicationError(f"{what} must be in whole cents.", {"amount": str(amount)})
+    return amount
+
+
 def compute_fees(*, amount: Decimal, fee_split: str) -> FeeBreakdown:
     """Fee = max(percent of amount, minimum fee), rounded to cents; split as agreed.
 
-    With a 50/50 split the buyer's half is rounded and the seller pays the rest, so the
-    shares always add up to the fee exactly.
+    With a 50/50 split the buyer's half is rounded (half up) and the seller pays the rest,
+    so the shares always add up to the fee exactly.
     """
-    if amount <= 0:
-        raise ApplicationError("The escrow amount must be positive.", {"amount": str(amount)})
-    if quantize_usd(amount) != amount:
-        raise ApplicationError("The escrow amount must be in whole cents.", {"amount": str(amount)})
+    check_amount(amount)
     percent_fee = quantize_usd(amount * Decimal(settings.ESCROW_FEE_PERCENT) / 100)
     fee = max(percent_fee, quantize_usd(Decimal(settings.ESCROW_MIN_FEE)))
     if fee_split == FeeSplit.BUYER_PAYS:

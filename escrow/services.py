@@ -2,13 +2,20 @@
 
 Each service locks the escrow row first (select_for_update), checks the transition table,
 then writes the status, the ledger transfers (one wallets.ledger call), the transaction
-records and the outbox rows, all in the caller's transaction. Services join an enclosing
-transaction; top-level callers (webhook processing, commands, admin actions) wrap them in
+records and the outbox rows. Services join the caller's transaction inside a savepoint, so
+a refusal undoes only the service's own writes and leaves the caller's transaction usable;
+top-level callers (webhook processing, commands, admin actions) wrap them in
 transaction.atomic(durable=True).
+
+One module rather than a package, although it is long: the payments fault-injection tests
+patch the helpers of the payment path (`_record`, `_set_status`, `_notify`, ...) by name
+here, and a split would silently move those names out from under them.
 """
 
+import re
 import secrets
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -23,14 +30,23 @@ from escrow.transitions import AWAITING_PAYMENT, check_transition
 from escrowsite.errors import ApplicationError, IllegalTransition, NotFound
 from notifications.services import enqueue_notification
 from wallets import ledger
-from wallets.models import AccountKind, Customer, Transaction, TransactionType, Transfer, TransferKind
+from wallets.models import (
+    Account,
+    AccountKind,
+    Customer,
+    Transaction,
+    TransactionType,
+    Transfer,
+    TransferKind,
+)
 from wallets.money import USD, quantize_usd
 
 S = EscrowStatus
+ZERO = Decimal("0.00")
+
+# --- values and helpers ------------------------------------------------------------------
+
 ESCROW_ID_ALPHABET = string.ascii_uppercase + string.digits
-
-
-# --- values ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,12 @@ class IncomingPayment:
 
 @dataclass
 class PaymentOutcome:
-    """What confirm_payment did: `kind` is confirmed, partial or late_credit."""
+    """What confirm_payment did.
+
+    `kind` is `confirmed`, `partial`, `late_credit`, or `duplicate` (this provider
+    transaction was already applied to this escrow: nothing moved, and `transactions` and
+    `transfers` are the ones the first application wrote).
+    """
 
     kind: str
     escrow: Escrow
@@ -59,9 +80,6 @@ class PaymentOutcome:
     transfers: list[Transfer] = field(default_factory=list)
     excess: Decimal = Decimal("0.00")
     shortfall: Decimal = Decimal("0.00")
-
-
-# --- helpers ---------------------------------------------------------------------------
 
 
 def new_escrow_id(*, now: datetime | None = None) -> str:
@@ -72,11 +90,25 @@ def new_escrow_id(*, now: datetime | None = None) -> str:
 
 
 def lock_escrow(*, escrow_id: str) -> Escrow:
-    """The escrow row, locked for the rest of the transaction. Raises NotFound."""
+    """The escrow row, locked for the rest of the transaction. Raises NotFound.
+
+    Every service takes this lock before anything else, so two moves of one escrow are
+    serialised and the second one sees the status the first one left.
+    """
     try:
         return Escrow.objects.select_for_update().get(escrow_id=escrow_id)
     except Escrow.DoesNotExist:
         raise NotFound(f"Escrow {escrow_id} does not exist.", {"escrow_id": escrow_id}) from None
+
+
+def _require_status(escrow: Escrow, allowed_from: Iterable[str], to_status: str) -> None:
+    """Refuse a move the table allows but this particular service may not make
+    (e.g. a buyer's release of a disputed escrow, which only staff may resolve)."""
+    if escrow.status not in allowed_from:
+        raise IllegalTransition(
+            f"Escrow {escrow.escrow_id} cannot move from {escrow.status} to {to_status} this way.",
+            {"escrow_id": escrow.escrow_id, "from": escrow.status, "to": to_status},
+        )
 
 
 def _set_status(
@@ -88,6 +120,7 @@ def _set_status(
     actor_id: int | None = None,
     reason: str = "",
 ) -> None:
+    """Check the move against the table, then record it; the caller saves the escrow."""
     check_transition(escrow_id=escrow.escrow_id, from_status=escrow.status, to_status=to_status)
     StatusChange.objects.create(
         escrow=escrow,
@@ -112,8 +145,13 @@ def _record(
     description: str,
     now: datetime,
     payment: IncomingPayment | None = None,
+    with_crypto: bool = True,
 ) -> Transaction:
-    """Write a transaction record such as ESC_ES101325WZY2_6462e85a and link its transfers."""
+    """Write a transaction record such as ESC_ES101325WZY2_6462e85a and link its transfers.
+
+    `with_crypto=False` leaves the coin amount off a record that carries only part of a
+    payment, so a USD figure never sits next to a coin amount that is not its own.
+    """
     tx_id = payment.tx_id if payment else ""
     if payment:
         transaction_id = f"{prefix}_{escrow.escrow_id}_{tx_id[:8]}"
@@ -122,14 +160,15 @@ def _record(
             transaction_id = f"{prefix}_{escrow.escrow_id}_{tx_id}"[:100]
     else:
         transaction_id = f"{prefix}_{escrow.escrow_id}"
+    crypto = payment is not None and with_crypto
     record = Transaction.objects.create(
         transaction_id=transaction_id,
         customer_id=customer_id,
         type=type,
         amount=amount,
         currency=escrow.currency,
-        crypto_amount=payment.crypto_amount if payment else None,
-        crypto_currency=payment.crypto_currency if payment else "",
+        crypto_amount=payment.crypto_amount if crypto else None,
+        crypto_currency=payment.crypto_currency if crypto else "",
         provider=payment.provider if payment else "",
         external_tx_id=tx_id,
         escrow=escrow,
@@ -141,6 +180,7 @@ def _record(
 
 
 def _notify(escrow: Escrow, event: str, recipient_id: int, **payload: object) -> None:
+    """One outbox row per party and event: written now, delivered after commit."""
     role = "buyer" if recipient_id == escrow.buyer_id else "seller"
     enqueue_notification(
         event=event,
@@ -168,6 +208,7 @@ def _holding(escrow: Escrow) -> EscrowHolding:
 
 
 def _open_holding(escrow: Escrow) -> EscrowHolding:
+    """The escrow's holding, created with its ledger account on the first payment."""
     account = ledger.open_holding_account(escrow_id=escrow.pk, currency=escrow.currency)
     holding, _ = EscrowHolding.objects.select_related("account").get_or_create(
         escrow=escrow, defaults={"account": account}
@@ -175,7 +216,17 @@ def _open_holding(escrow: Escrow) -> EscrowHolding:
     return holding
 
 
-# --- creation --------------------------------------------------------------------------
+# --- creation ------------------------------------------------------------------------
+ESCROW_ID_FORMAT = re.compile(r"ES\d{6}[A-Z0-9]{4}")
+_ID_ATTEMPTS = 10
+_DESCRIPTION_MAX = Escrow._meta.get_field("description").max_length
+
+
+def _check_party(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ApplicationError(
+            f"The {name} must be a Telegram user id (a positive integer).", {name: repr(value)}
+        )
 
 
 def create_escrow(
@@ -189,58 +240,97 @@ def create_escrow(
     description: str = "",
     now: datetime | None = None,
 ) -> Escrow:
-    """A new escrow awaiting payment; it expires after the payment window."""
+    """A new escrow awaiting payment; it expires after the payment window.
+
+    Unknown customers are created. A given `escrow_id` must have the public format and be
+    unused; otherwise one is drawn, and drawn again on the rare collision.
+    """
+    _check_party("buyer", buyer_id)
+    _check_party("seller", seller_id)
     if buyer_id == seller_id:
         raise ApplicationError("Buyer and seller must be different customers.")
-    if not isinstance(amount, Decimal):
-        raise ApplicationError("The amount must be a Decimal.")
-    delivery_hours = delivery_hours or settings.ESCROW_DEFAULT_DELIVERY_HOURS
-    if delivery_hours <= 0:
-        raise ApplicationError("Delivery hours must be positive.")
+    if delivery_hours is None:
+        delivery_hours = settings.ESCROW_DEFAULT_DELIVERY_HOURS
+    if (
+        not isinstance(delivery_hours, int)
+        or isinstance(delivery_hours, bool)
+        or delivery_hours <= 0
+    ):
+        # 0 is refused, not quietly replaced by the default.
+        raise ApplicationError(
+            "Delivery hours must be a positive whole number.", {"delivery_hours": delivery_hours}
+        )
+    if escrow_id is not None and not ESCROW_ID_FORMAT.fullmatch(escrow_id):
+        raise ApplicationError(
+            f"{escrow_id!r} is not a valid escrow id (ES + MMDDYY + 4 letters or digits).",
+            {"escrow_id": escrow_id},
+        )
+    if len(description) > _DESCRIPTION_MAX:
+        raise ApplicationError(f"The description is longer than {_DESCRIPTION_MAX} characters.")
     fees = compute_fees(amount=amount, fee_split=fee_split)
     now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
+    fields = {
+        "buyer_id": buyer_id,
+        "seller_id": seller_id,
+        "amount": amount,
+        "currency": USD,
+        "fee_split": fee_split,
+        "fee_amount": fees.fee_amount,
+        "buyer_fee": fees.buyer_fee,
+        "seller_fee": fees.seller_fee,
+        "total_due": fees.total_due,
+        "status": EscrowStatus.PAYMENT_PENDING,
+        "delivery_hours": delivery_hours,
+        "description": description,
+        "expires_at": now + timedelta(minutes=settings.ESCROW_PAYMENT_WINDOW_MINUTES),
+        "status_changed_at": now,
+    }
+    with transaction.atomic():
         Customer.objects.bulk_create(
             [Customer(telegram_id=buyer_id), Customer(telegram_id=seller_id)],
             ignore_conflicts=True,
         )
-        fields = dict(
-            buyer_id=buyer_id,
-            seller_id=seller_id,
-            amount=amount,
-            currency=USD,
-            fee_split=fee_split,
-            fee_amount=fees.fee_amount,
-            buyer_fee=fees.buyer_fee,
-            seller_fee=fees.seller_fee,
-            total_due=fees.total_due,
-            status=S.PAYMENT_PENDING,
-            delivery_hours=delivery_hours,
-            description=description,
-            expires_at=now + timedelta(minutes=settings.ESCROW_PAYMENT_WINDOW_MINUTES),
-            status_changed_at=now,
-        )
-        if escrow_id is not None:
-            if Escrow.objects.filter(escrow_id=escrow_id).exists():
-                raise ApplicationError(f"Escrow {escrow_id} already exists.", {"escrow_id": escrow_id})
-            escrow = Escrow.objects.create(escrow_id=escrow_id, **fields)
-        else:
-            for _ in range(10):
-                try:
-                    with transaction.atomic():
-                        escrow = Escrow.objects.create(escrow_id=new_escrow_id(now=now), **fields)
-                    break
-                except IntegrityError:
-                    continue  # a random id collided; draw another
-            else:
-                raise ApplicationError("Could not allocate a unique escrow id.")
+        escrow = _insert(fields, escrow_id=escrow_id, now=now)
         StatusChange.objects.create(
-            escrow=escrow, from_status=S.CREATED, to_status=S.PAYMENT_PENDING, source="create"
+            escrow=escrow,
+            from_status=EscrowStatus.CREATED,
+            to_status=EscrowStatus.PAYMENT_PENDING,
+            source="create",
         )
     return escrow
 
 
-# --- payment ---------------------------------------------------------------------------
+def _insert(fields: dict[str, object], *, escrow_id: str | None, now: datetime) -> Escrow:
+    for _ in range(_ID_ATTEMPTS):
+        candidate = escrow_id or new_escrow_id(now=now)
+        try:
+            with transaction.atomic():
+                return Escrow.objects.create(escrow_id=candidate, **fields)
+        except IntegrityError:
+            # The insert waited for any concurrent holder of the id, so it is visible now;
+            # if it is not, the error was something else and must not be hidden.
+            if not Escrow.objects.filter(escrow_id=candidate).exists():
+                raise
+            if escrow_id is not None:
+                raise ApplicationError(
+                    f"Escrow {escrow_id} already exists.", {"escrow_id": escrow_id}
+                ) from None
+    raise ApplicationError("Could not allocate a unique escrow id; try again.")
+
+
+# --- payment -------------------------------------------------------------------------
+
+
+def _payment_amount(payment: IncomingPayment) -> Decimal:
+    value = payment.usd_amount
+    if not isinstance(value, Decimal) or isinstance(value, bool):
+        raise ApplicationError("A payment amount must be a Decimal.", {"amount": repr(value)})
+    if not value.is_finite():
+        raise ApplicationError("A payment amount must be a finite number.", {"amount": str(value)})
+    amount = quantize_usd(value)
+    if amount <= 0:
+        raise ApplicationError("A payment must be positive.", {"amount": str(value)})
+    return amount
 
 
 def confirm_payment(
@@ -261,129 +351,265 @@ def confirm_payment(
       is partially_paid until later payments add up.
     - Anything else (cancelled, expired, already paid, ...): the whole amount is credited
       to the buyer's wallet as a late/extra payment. It is never rejected or lost.
+    - The same provider transaction again: nothing moves (kind `duplicate`). Raises
+      ApplicationError if it was applied to another escrow or with another amount.
     """
+    amount = _payment_amount(payment)
+    if not payment.tx_id or not payment.provider:
+        raise ApplicationError("A payment needs its provider and provider transaction id.")
     now = now or timezone.now()
-    amount = quantize_usd(payment.usd_amount)
-    if amount <= 0:
-        raise ApplicationError("A payment must be positive.", {"amount": str(payment.usd_amount)})
-    if not payment.tx_id:
-        raise ApplicationError("A payment needs its provider transaction id.")
-    with transaction.atomic(savepoint=False):
+    key = f"{payment.provider}:{payment.tx_id}"
+    with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
+        previous = _previous_application(escrow, payment, key, amount)
+        if previous is not None:
+            return previous
         clearing = ledger.clearing_account(provider=payment.provider, currency=escrow.currency)
-        key = f"{payment.provider}:{payment.tx_id}"
         if escrow.status not in AWAITING_PAYMENT:
             return _credit_late_payment(escrow, payment, amount, clearing, key, now)
+        if escrow.status == S.CREATED:
+            # Money never waits on a missed step: move on to payment_pending first.
+            _set_status(escrow, S.PAYMENT_PENDING, now=now, source=source, actor_id=actor_id)
+        return _apply_to_holding(
+            escrow, payment, amount, clearing, key, now, source, actor_id, reason
+        )
 
-        holding = _open_holding(escrow)
-        paid_before = holding.account.balance
-        to_holding = min(amount, escrow.total_due - paid_before)
-        excess = amount - to_holding
-        reached = paid_before + to_holding >= escrow.total_due - payment_tolerance(escrow.total_due)
 
-        legs = [
+def _previous_application(
+    escrow: Escrow, payment: IncomingPayment, key: str, amount: Decimal
+) -> PaymentOutcome | None:
+    """The outcome of an earlier application of this provider transaction, if any.
+
+    Without this, a replay after confirmation would be credited again as a "late"
+    payment, and a replay while partially paid would count the same money twice.
+    """
+    first_keys = [f"{key}:escrow_payment", f"{key}:late_payment_credit"]
+    first = Transfer.objects.select_related("escrow").filter(idempotency_key__in=first_keys).first()
+    if first is None:
+        return None
+    if first.escrow_id != escrow.pk:
+        other = first.escrow.escrow_id if first.escrow else "none"
+        raise ApplicationError(
+            f"Payment {key} was already applied to escrow {other}; not applying it to "
+            f"{escrow.escrow_id}.",
+            {"payment": key, "applied_to": other, "escrow_id": escrow.escrow_id},
+        )
+    transfers = list(Transfer.objects.filter(escrow=escrow, reference=key).order_by("pk"))
+    applied = sum((t.amount for t in transfers), Decimal("0.00"))
+    if applied != amount:
+        raise ApplicationError(
+            f"Payment {key} was already applied to {escrow.escrow_id} as {applied}, not {amount}.",
+            {"payment": key, "applied": str(applied), "amount": str(amount)},
+        )
+    records = Transaction.objects.filter(
+        escrow=escrow, provider=payment.provider, external_tx_id=payment.tx_id
+    ).order_by("pk")
+    return PaymentOutcome(
+        kind="duplicate", escrow=escrow, transactions=list(records), transfers=transfers
+    )
+
+
+def _apply_to_holding(
+    escrow: Escrow,
+    payment: IncomingPayment,
+    amount: Decimal,
+    clearing: Account,
+    key: str,
+    now: datetime,
+    source: str,
+    actor_id: int | None,
+    reason: str,
+) -> PaymentOutcome:
+    holding = _open_holding(escrow)
+    paid_before = holding.account.balance
+    # The holding never holds more than the total due: the excess is its own transfer.
+    to_holding = min(amount, escrow.total_due - paid_before)
+    excess = amount - to_holding
+    paid = paid_before + to_holding
+    reached = paid >= escrow.total_due - payment_tolerance(escrow.total_due)
+
+    legs = [
+        ledger.Leg(
+            clearing,
+            holding.account,
+            to_holding,
+            TransferKind.ESCROW_PAYMENT,
+            f"{key}:escrow_payment",
+            escrow.pk,
+            key,
+        )
+    ]
+    if excess:
+        buyer_wallet = ledger.customer_wallet(customer=escrow.buyer_id, currency=escrow.currency)
+        legs.append(
             ledger.Leg(
-                clearing, holding.account, to_holding, TransferKind.ESCROW_PAYMENT,
-                f"{key}:escrow_payment", escrow.pk, key,
-            )
-        ]
-        buyer_wallet = None
-        if excess:
-            buyer_wallet = ledger.customer_wallet(customer=escrow.buyer_id, currency=escrow.currency)
-            legs.append(
-                ledger.Leg(
-                    clearing, buyer_wallet, excess, TransferKind.OVERPAYMENT_CREDIT,
-                    f"{key}:overpayment_credit", escrow.pk, key,
-                )
-            )
-        transfers = ledger.post_transfers(legs)
-        outcome = PaymentOutcome(kind="partial", escrow=escrow, transfers=transfers, excess=excess)
-        applied_note = f"{to_holding} applied" + (f", {excess} credited to wallet" if excess else "")
-        outcome.transactions.append(
-            _record(
-                prefix="ESC", escrow=escrow, type=TransactionType.ESCROW_PAYMENT,
-                customer_id=escrow.buyer_id, amount=amount, transfers=transfers,
-                description=f"Escrow payment for {escrow.escrow_id} ({applied_note})",
-                now=now, payment=payment,
+                clearing,
+                buyer_wallet,
+                excess,
+                TransferKind.OVERPAYMENT_CREDIT,
+                f"{key}:overpayment_credit",
+                escrow.pk,
+                key,
             )
         )
-        if excess:
-            outcome.transactions.append(
-                _record(
-                    prefix="OVP", escrow=escrow, type=TransactionType.OVERPAYMENT_CREDIT,
-                    customer_id=escrow.buyer_id, amount=excess, transfers=transfers[1:],
-                    description=f"Overpayment on {escrow.escrow_id} credited to wallet",
-                    now=now, payment=payment,
-                )
+    transfers = ledger.post_transfers(legs)
+    outcome = PaymentOutcome(kind="partial", escrow=escrow, transfers=transfers, excess=excess)
+    note = f"{to_holding} applied" + (f", {excess} credited to wallet" if excess else "")
+    outcome.transactions.append(
+        _record(
+            prefix="ESC",
+            escrow=escrow,
+            type=TransactionType.ESCROW_PAYMENT,
+            customer_id=escrow.buyer_id,
+            amount=amount,
+            transfers=transfers,
+            description=f"Escrow payment for {escrow.escrow_id} ({note})",
+            now=now,
+            payment=payment,
+        )
+    )
+    if excess:
+        outcome.transactions.append(
+            _record(
+                prefix="OVP",
+                escrow=escrow,
+                type=TransactionType.OVERPAYMENT_CREDIT,
+                customer_id=escrow.buyer_id,
+                amount=excess,
+                transfers=transfers[1:],
+                description=f"Overpayment on {escrow.escrow_id} credited to wallet",
+                now=now,
+                payment=payment,
+                with_crypto=False,
             )
+        )
 
-        update = ["status", "status_changed_at"]
-        if reached:
-            outcome.kind = "confirmed"
-            outcome.shortfall = escrow.total_due - (paid_before + to_holding)
-            _set_status(escrow, S.PAYMENT_CONFIRMED, now=now, source=source, actor_id=actor_id, reason=reason)
-            escrow.accepted_shortfall = outcome.shortfall
-            escrow.payment_confirmed_at = now
-            escrow.delivery_deadline = now + timedelta(hours=escrow.delivery_hours)
-            escrow.expires_at = now + timedelta(hours=settings.ESCROW_SELLER_RESPONSE_HOURS)
-            escrow.deposit_tx_hash = payment.tx_id
-            update += ["accepted_shortfall", "payment_confirmed_at", "delivery_deadline",
-                       "expires_at", "deposit_tx_hash"]
-            holding.status = HoldingStatus.HELD
-            holding.save(update_fields=["status"])
-            _notify(escrow, "offer_to_seller", escrow.seller_id, amount=escrow.amount,
-                    delivery_hours=escrow.delivery_hours)
-            _notify(escrow, "payment_confirmed", escrow.buyer_id, paid=amount, excess=excess,
-                    shortfall=outcome.shortfall)
-        elif escrow.status != S.PARTIALLY_PAID:
-            _set_status(escrow, S.PARTIALLY_PAID, now=now, source=source, actor_id=actor_id, reason=reason)
-        else:
-            update = []
-        if payment.provider_payment_id and not escrow.provider_payment_id:
-            escrow.provider_payment_id = payment.provider_payment_id
-            escrow.provider = payment.provider
-            update += ["provider_payment_id", "provider"]
-        if update:
-            escrow.save(update_fields=update)
-        if outcome.kind == "partial":
-            enqueue_notification(
-                event="partial_payment", recipient_id=escrow.buyer_id, escrow_id=escrow.pk,
-                key=f"{escrow.escrow_id}:partial_payment:{key}",
-                payload={"event": "partial_payment", "escrow_id": escrow.escrow_id,
-                         "paid": str(paid_before + to_holding), "total_due": str(escrow.total_due)},
+    update = []
+    if reached:
+        outcome.kind = "confirmed"
+        outcome.shortfall = escrow.total_due - paid
+        _set_status(
+            escrow, S.PAYMENT_CONFIRMED, now=now, source=source, actor_id=actor_id, reason=reason
+        )
+        escrow.accepted_shortfall = outcome.shortfall
+        escrow.payment_confirmed_at = now
+        escrow.delivery_deadline = now + timedelta(hours=escrow.delivery_hours)
+        escrow.expires_at = now + timedelta(hours=settings.ESCROW_SELLER_RESPONSE_HOURS)
+        escrow.deposit_tx_hash = payment.tx_id
+        update += [
+            "status",
+            "status_changed_at",
+            "accepted_shortfall",
+            "payment_confirmed_at",
+            "delivery_deadline",
+            "expires_at",
+            "deposit_tx_hash",
+        ]
+        holding.status = HoldingStatus.HELD
+        holding.save(update_fields=["status"])
+        _notify(
+            escrow,
+            "offer_to_seller",
+            escrow.seller_id,
+            amount=escrow.amount,
+            delivery_hours=escrow.delivery_hours,
+        )
+        _notify(
+            escrow,
+            "payment_confirmed",
+            escrow.buyer_id,
+            paid=amount,
+            excess=excess,
+            shortfall=outcome.shortfall,
+        )
+    else:
+        if escrow.status != S.PARTIALLY_PAID:
+            _set_status(
+                escrow, S.PARTIALLY_PAID, now=now, source=source, actor_id=actor_id, reason=reason
             )
-        return outcome
+        update += ["status", "status_changed_at"]
+        enqueue_notification(
+            event="partial_payment",
+            recipient_id=escrow.buyer_id,
+            escrow_id=escrow.pk,
+            key=f"{escrow.escrow_id}:partial_payment:{key}",
+            payload={
+                "event": "partial_payment",
+                "escrow_id": escrow.escrow_id,
+                "paid": str(paid),
+                "total_due": str(escrow.total_due),
+            },
+        )
+    if payment.provider_payment_id and not escrow.provider_payment_id:
+        escrow.provider_payment_id = payment.provider_payment_id
+        escrow.provider = payment.provider
+        update += ["provider_payment_id", "provider"]
+    escrow.save(update_fields=update)
+    return outcome
 
 
 def _credit_late_payment(
-    escrow: Escrow, payment: IncomingPayment, amount: Decimal, clearing, key: str, now: datetime
+    escrow: Escrow,
+    payment: IncomingPayment,
+    amount: Decimal,
+    clearing: Account,
+    key: str,
+    now: datetime,
 ) -> PaymentOutcome:
+    """Money for an escrow that no longer takes payments goes to the buyer's wallet."""
     wallet = ledger.customer_wallet(customer=escrow.buyer_id, currency=escrow.currency)
     transfers = ledger.post_transfers(
         [
             ledger.Leg(
-                clearing, wallet, amount, TransferKind.LATE_PAYMENT_CREDIT,
-                f"{key}:late_payment_credit", escrow.pk, key,
+                clearing,
+                wallet,
+                amount,
+                TransferKind.LATE_PAYMENT_CREDIT,
+                f"{key}:late_payment_credit",
+                escrow.pk,
+                key,
                 memo=f"payment arrived while escrow was {escrow.status}",
             )
         ]
     )
     record = _record(
-        prefix="LATE", escrow=escrow, type=TransactionType.LATE_PAYMENT_CREDIT,
-        customer_id=escrow.buyer_id, amount=amount, transfers=transfers,
-        description=f"Payment for {escrow.escrow_id} arrived while it was {escrow.status}; credited to wallet",
-        now=now, payment=payment,
+        prefix="LATE",
+        escrow=escrow,
+        type=TransactionType.LATE_PAYMENT_CREDIT,
+        customer_id=escrow.buyer_id,
+        amount=amount,
+        transfers=transfers,
+        description=(
+            f"Payment for {escrow.escrow_id} arrived while it was {escrow.status}; "
+            "credited to wallet"
+        ),
+        now=now,
+        payment=payment,
     )
     enqueue_notification(
-        event="late_payment_credited", recipient_id=escrow.buyer_id, escrow_id=escrow.pk,
+        event="late_payment_credited",
+        recipient_id=escrow.buyer_id,
+        escrow_id=escrow.pk,
         key=f"{escrow.escrow_id}:late_payment_credited:{key}",
-        payload={"event": "late_payment_credited", "escrow_id": escrow.escrow_id,
-                 "amount": str(amount), "status": escrow.status},
+        payload={
+            "event": "late_payment_credited",
+            "escrow_id": escrow.escrow_id,
+            "amount": str(amount),
+            "status": escrow.status,
+        },
     )
-    return PaymentOutcome(kind="late_credit", escrow=escrow, transactions=[record], transfers=transfers)
+    return PaymentOutcome(
+        kind="late_credit", escrow=escrow, transactions=[record], transfers=transfers
+    )
 
 
-# --- after payment ---------------------------------------------------------------------
+# --- after payment -------------------------------------------------------------------
+# A buyer (or the auto-release sweep) may release only these; a disputed escrow is
+# frozen until staff resolve it.
+RELEASABLE = (S.ACTIVE, S.DELIVERED)
+RESOLUTIONS = ("refund", "release", "split")
+# What a release or refund changes on the escrow row besides the money.
+_CLOSED_FIELDS = ["status", "status_changed_at", "completed_at", "expires_at", "auto_release_at"]
 
 
 def _payout(
@@ -408,23 +634,26 @@ def _payout(
         )
     held = holding.account.balance
     revenue = ledger.system_account(kind=AccountKind.PLATFORM_REVENUE, currency=escrow.currency)
-    base = f"escrow:{escrow.escrow_id}:{purpose}"
-    legs = []
     remainder = held - to_buyer - to_seller
+    wallet = ledger.customer_wallet
+    moves = []  # (debit, credit, amount, kind, key suffix)
     if remainder < 0:
-        legs.append(ledger.Leg(revenue, holding.account, -remainder, TransferKind.FEE_SHORTFALL,
-                               f"{base}:fee_shortfall", escrow.pk, actor_id=actor_id))
+        moves.append(
+            (revenue, holding.account, -remainder, TransferKind.FEE_SHORTFALL, "fee_shortfall")
+        )
     if to_seller:
-        seller = ledger.customer_wallet(customer=escrow.seller_id, currency=escrow.currency)
-        legs.append(ledger.Leg(holding.account, seller, to_seller, TransferKind.ESCROW_RELEASE,
-                               f"{base}:seller", escrow.pk, actor_id=actor_id))
+        seller = wallet(customer=escrow.seller_id, currency=escrow.currency)
+        moves.append((holding.account, seller, to_seller, TransferKind.ESCROW_RELEASE, "seller"))
     if to_buyer:
-        buyer = ledger.customer_wallet(customer=escrow.buyer_id, currency=escrow.currency)
-        legs.append(ledger.Leg(holding.account, buyer, to_buyer, TransferKind.ESCROW_REFUND,
-                               f"{base}:buyer", escrow.pk, actor_id=actor_id))
+        buyer = wallet(customer=escrow.buyer_id, currency=escrow.currency)
+        moves.append((holding.account, buyer, to_buyer, TransferKind.ESCROW_REFUND, "buyer"))
     if remainder > 0:
-        legs.append(ledger.Leg(holding.account, revenue, remainder, TransferKind.FEE,
-                               f"{base}:fee", escrow.pk, actor_id=actor_id))
+        moves.append((holding.account, revenue, remainder, TransferKind.FEE, "fee"))
+    base = f"escrow:{escrow.escrow_id}:{purpose}"
+    legs = [
+        ledger.Leg(debit, credit, amount, kind, f"{base}:{suffix}", escrow.pk, actor_id=actor_id)
+        for debit, credit, amount, kind, suffix in moves
+    ]
     transfers = ledger.post_transfers(legs)
     holding.status = {
         "release": HoldingStatus.RELEASED,
@@ -435,111 +664,232 @@ def _payout(
     holding.save(update_fields=["status", "resolved_at"])
     by_kind = {t.kind: t for t in transfers}
     if to_seller:
-        _record(prefix="REL", escrow=escrow, type=TransactionType.ESCROW_RELEASE,
-                customer_id=escrow.seller_id, amount=to_seller,
-                transfers=[by_kind[TransferKind.ESCROW_RELEASE]],
-                description=f"Release of {escrow.escrow_id} to the seller", now=now)
+        _record(
+            prefix="REL",
+            escrow=escrow,
+            type=TransactionType.ESCROW_RELEASE,
+            customer_id=escrow.seller_id,
+            amount=to_seller,
+            transfers=[by_kind[TransferKind.ESCROW_RELEASE]],
+            description=f"Release of {escrow.escrow_id} to the seller",
+            now=now,
+        )
     if to_buyer:
-        _record(prefix="REF", escrow=escrow, type=TransactionType.ESCROW_REFUND,
-                customer_id=escrow.buyer_id, amount=to_buyer,
-                transfers=[by_kind[TransferKind.ESCROW_REFUND]],
-                description=f"Refund of {escrow.escrow_id} to the buyer", now=now)
+        _record(
+            prefix="REF",
+            escrow=escrow,
+            type=TransactionType.ESCROW_REFUND,
+            customer_id=escrow.buyer_id,
+            amount=to_buyer,
+            transfers=[by_kind[TransferKind.ESCROW_REFUND]],
+            description=f"Refund of {escrow.escrow_id} to the buyer",
+            now=now,
+        )
     return transfers
 
 
-def accept_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
-                  actor_id: int | None = None) -> Escrow:
+# --- seller and delivery ------------------------------------------------------------
+
+
+def accept_escrow(
+    *,
+    escrow_id: str,
+    now: datetime | None = None,
+    source: str = "bot",
+    actor_id: int | None = None,
+) -> Escrow:
     """The seller accepts a paid escrow: it becomes active; the delivery clock runs on."""
     now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
         _set_status(escrow, S.ACTIVE, now=now, source=source, actor_id=actor_id)
         escrow.seller_accepted_at = now
         escrow.expires_at = None
-        escrow.save(update_fields=["status", "status_changed_at", "seller_accepted_at", "expires_at"])
+        escrow.save(
+            update_fields=["status", "status_changed_at", "seller_accepted_at", "expires_at"]
+        )
         _notify(escrow, "seller_accepted", escrow.buyer_id)
     return escrow
 
 
-def decline_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
-                   actor_id: int | None = None, reason: str = "") -> Escrow:
+def decline_escrow(
+    *,
+    escrow_id: str,
+    now: datetime | None = None,
+    source: str = "bot",
+    actor_id: int | None = None,
+    reason: str = "",
+) -> Escrow:
     """The seller declines (or did not answer in time): full refund, fee included."""
-    return refund_escrow(escrow_id=escrow_id, now=now, source=source, actor_id=actor_id,
-                         reason=reason or "seller declined", allowed_from=(S.PAYMENT_CONFIRMED,))
+    return refund_escrow(
+        escrow_id=escrow_id,
+        now=now,
+        source=source,
+        actor_id=actor_id,
+        reason=reason or "seller declined",
+        allowed_from=(S.PAYMENT_CONFIRMED,),
+    )
 
 
-def mark_delivered(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
-                   actor_id: int | None = None) -> Escrow:
+def mark_delivered(
+    *,
+    escrow_id: str,
+    now: datetime | None = None,
+    source: str = "bot",
+    actor_id: int | None = None,
+) -> Escrow:
     """The seller marks delivery; funds auto-release after the auto-release window."""
     now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
         _set_status(escrow, S.DELIVERED, now=now, source=source, actor_id=actor_id)
         escrow.delivered_at = now
         escrow.auto_release_at = now + timedelta(hours=settings.ESCROW_AUTO_RELEASE_HOURS)
-        escrow.save(update_fields=["status", "status_changed_at", "delivered_at", "auto_release_at"])
+        escrow.save(
+            update_fields=["status", "status_changed_at", "delivered_at", "auto_release_at"]
+        )
         _notify(escrow, "delivered", escrow.buyer_id)
     return escrow
 
 
-def release_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
-                   actor_id: int | None = None, reason: str = "") -> Escrow:
-    """Pay the seller the amount net of their fee share; fees go to platform revenue."""
+# --- paying out -----------------------------------------------------------------------
+
+
+def release_escrow(
+    *,
+    escrow_id: str,
+    now: datetime | None = None,
+    source: str = "bot",
+    actor_id: int | None = None,
+    reason: str = "",
+) -> Escrow:
+    """Pay the seller the amount net of their fee share; fees go to platform revenue.
+
+    Only an active or delivered escrow: a disputed one is released by resolve_dispute.
+    """
+    return _release(
+        escrow_id=escrow_id,
+        allowed_from=RELEASABLE,
+        now=now,
+        source=source,
+        actor_id=actor_id,
+        reason=reason,
+    )
+
+
+def _release(
+    *,
+    escrow_id: str,
+    allowed_from: Iterable[str],
+    now: datetime | None,
+    source: str,
+    actor_id: int | None,
+    reason: str,
+) -> Escrow:
     now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
+        _require_status(escrow, allowed_from, S.COMPLETED)
         _set_status(escrow, S.COMPLETED, now=now, source=source, actor_id=actor_id, reason=reason)
-        _payout(escrow, to_buyer=Decimal("0"), to_seller=escrow.amount - escrow.seller_fee,
-                purpose="release", now=now, actor_id=actor_id)
+        to_seller = escrow.amount - escrow.seller_fee
+        _payout(
+            escrow,
+            to_buyer=ZERO,
+            to_seller=to_seller,
+            purpose="release",
+            now=now,
+            actor_id=actor_id,
+        )
         escrow.completed_at = now
         escrow.expires_at = None
-        escrow.save(update_fields=["status", "status_changed_at", "completed_at", "expires_at"])
-        _notify(escrow, "released", escrow.seller_id, amount=escrow.amount - escrow.seller_fee)
+        escrow.auto_release_at = None
+        escrow.save(update_fields=_CLOSED_FIELDS)
+        _notify(escrow, "released", escrow.seller_id, amount=to_seller)
         _notify(escrow, "released", escrow.buyer_id)
     return escrow
 
 
-def refund_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "staff",
-                  actor_id: int | None = None, reason: str = "",
-                  allowed_from: tuple[str, ...] | None = None) -> Escrow:
-    """Return everything the holding holds (fee included) to the buyer's wallet."""
+def refund_escrow(
+    *,
+    escrow_id: str,
+    now: datetime | None = None,
+    source: str = "staff",
+    actor_id: int | None = None,
+    reason: str = "",
+    allowed_from: tuple[str, ...] | None = None,
+) -> Escrow:
+    """Return everything the holding holds (fee included) to the buyer's wallet.
+
+    `allowed_from` narrows the statuses the table allows (decline, dispute resolution).
+    """
     now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
-        if allowed_from is not None and escrow.status not in allowed_from:
-            raise IllegalTransition(
-                f"Escrow {escrow_id} cannot be refunded this way while {escrow.status}.",
-                {"escrow_id": escrow_id, "from": escrow.status, "allowed_from": list(allowed_from)},
-            )
+        if allowed_from is not None:
+            _require_status(escrow, allowed_from, S.REFUNDED)
         _set_status(escrow, S.REFUNDED, now=now, source=source, actor_id=actor_id, reason=reason)
         held = _holding(escrow).account.balance
-        _payout(escrow, to_buyer=held, to_seller=Decimal("0"), purpose="refund", now=now,
-                actor_id=actor_id)
+        _payout(escrow, to_buyer=held, to_seller=ZERO, purpose="refund", now=now, actor_id=actor_id)
         escrow.completed_at = now
         escrow.expires_at = None
-        escrow.save(update_fields=["status", "status_changed_at", "completed_at", "expires_at"])
+        escrow.auto_release_at = None
+        escrow.save(update_fields=_CLOSED_FIELDS)
         _notify(escrow, "refunded", escrow.buyer_id, amount=held)
         _notify(escrow, "refunded", escrow.seller_id)
     return escrow
 
 
-def cancel_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
-                  actor_id: int | None = None, reason: str = "") -> Escrow:
+# --- closing unpaid escrows -------------------------------------------------------------
+
+
+def cancel_escrow(
+    *,
+    escrow_id: str,
+    now: datetime | None = None,
+    source: str = "bot",
+    actor_id: int | None = None,
+    reason: str = "",
+) -> Escrow:
     """Cancel an escrow that holds no money yet."""
     return _close_unpaid(escrow_id, S.CANCELLED, now, source, actor_id, reason)
 
 
-def expire_escrow(*, escrow_id: str, now: datetime | None = None, source: str = "sweep",
-                  actor_id: int | None = None, reason: str = "") -> Escrow:
-    """Expire an escrow whose payment window passed without any payment."""
+def expire_escrow(
+    *,
+    escrow_id: str,
+    now: datetime | None = None,
+    source: str = "sweep",
+    actor_id: int | None = None,
+    reason: str = "",
+) -> Escrow:
+    """Expire an escrow whose payment window passed without any payment.
+
+    Re-checked under the lock, so a sweep acting on a stale list can neither expire a
+    paid escrow nor one whose window is still open.
+    """
     return _close_unpaid(escrow_id, S.EXPIRED, now, source, actor_id, reason)
 
 
-def _close_unpaid(escrow_id: str, to_status: str, now: datetime | None, source: str,
-                  actor_id: int | None, reason: str) -> Escrow:
+def _close_unpaid(
+    escrow_id: str,
+    to_status: str,
+    now: datetime | None,
+    source: str,
+    actor_id: int | None,
+    reason: str,
+) -> Escrow:
     now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
+        check_transition(escrow_id=escrow_id, from_status=escrow.status, to_status=to_status)
+        if to_status == S.EXPIRED and (escrow.expires_at is None or escrow.expires_at > now):
+            raise ApplicationError(
+                f"Escrow {escrow_id}'s payment window is still open (until "
+                f"{escrow.expires_at:%Y-%m-%d %H:%M} UTC)."
+                if escrow.expires_at
+                else f"Escrow {escrow_id} has no payment window to expire; cancel it instead.",
+                {"escrow_id": escrow_id, "expires_at": str(escrow.expires_at)},
+            )
         _set_status(escrow, to_status, now=now, source=source, actor_id=actor_id, reason=reason)
         escrow.expires_at = None
         escrow.save(update_fields=["status", "status_changed_at", "expires_at"])
@@ -547,50 +897,90 @@ def _close_unpaid(escrow_id: str, to_status: str, now: datetime | None, source: 
     return escrow
 
 
-def open_dispute(*, escrow_id: str, now: datetime | None = None, source: str = "bot",
-                 actor_id: int | None = None, reason: str = "") -> Escrow:
-    """Freeze a funded escrow until staff resolve it."""
+# --- disputes -------------------------------------------------------------------------
+
+
+def open_dispute(
+    *,
+    escrow_id: str,
+    now: datetime | None = None,
+    source: str = "bot",
+    actor_id: int | None = None,
+    reason: str = "",
+) -> Escrow:
+    """Freeze a funded escrow until staff resolve it (no expiry, no auto-release)."""
     now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
         _set_status(escrow, S.DISPUTED, now=now, source=source, actor_id=actor_id, reason=reason)
         escrow.expires_at = None
-        escrow.save(update_fields=["status", "status_changed_at", "expires_at"])
+        escrow.auto_release_at = None
+        escrow.save(update_fields=["status", "status_changed_at", "expires_at", "auto_release_at"])
         _notify(escrow, "disputed", escrow.buyer_id)
         _notify(escrow, "disputed", escrow.seller_id)
     return escrow
 
 
-def resolve_dispute(*, escrow_id: str, resolution: str, buyer_amount: Decimal | None = None,
-                    seller_amount: Decimal | None = None, now: datetime | None = None,
-                    source: str = "staff", actor_id: int | None = None, reason: str = "") -> Escrow:
+def _check_share(name: str, value: object) -> Decimal:
+    if (
+        not isinstance(value, Decimal)
+        or not value.is_finite()
+        or value < 0
+        or quantize_usd(value) != value
+    ):
+        raise ApplicationError(
+            f"The {name}'s share must be a non-negative Decimal amount in cents.",
+            {name: repr(value)},
+        )
+    return value
+
+
+def resolve_dispute(
+    *,
+    escrow_id: str,
+    resolution: str,
+    buyer_amount: Decimal | None = None,
+    seller_amount: Decimal | None = None,
+    now: datetime | None = None,
+    source: str = "staff",
+    actor_id: int | None = None,
+    reason: str = "",
+) -> Escrow:
     """Staff end a dispute: `refund`, `release`, or `split` by explicit amounts.
 
     A split pays buyer_amount and seller_amount from the holding; what is left is the
     platform's fee. The amounts may not add up to more than the holding holds.
     """
+    if resolution not in RESOLUTIONS:
+        raise ApplicationError(
+            f"Unknown resolution {resolution!r}.", {"choices": list(RESOLUTIONS)}
+        )
     if resolution == "refund":
-        return refund_escrow(escrow_id=escrow_id, now=now, source=source, actor_id=actor_id,
-                             reason=reason, allowed_from=(S.DISPUTED,))
+        return refund_escrow(
+            escrow_id=escrow_id,
+            now=now,
+            source=source,
+            actor_id=actor_id,
+            reason=reason,
+            allowed_from=(S.DISPUTED,),
+        )
     if resolution == "release":
-        with transaction.atomic(savepoint=False):
-            escrow = lock_escrow(escrow_id=escrow_id)
-            if escrow.status != S.DISPUTED:
-                raise ApplicationError(f"Escrow {escrow_id} is not disputed.", {"status": escrow.status})
-            return release_escrow(escrow_id=escrow_id, now=now, source=source,
-                                  actor_id=actor_id, reason=reason)
-    if resolution != "split":
-        raise ApplicationError(f"Unknown resolution {resolution!r}.", {"choices": ["refund", "release", "split"]})
+        return _release(
+            escrow_id=escrow_id,
+            allowed_from=(S.DISPUTED,),
+            now=now,
+            source=source,
+            actor_id=actor_id,
+            reason=reason,
+        )
     if buyer_amount is None or seller_amount is None:
         raise ApplicationError("A split needs both the buyer's and the seller's amount.")
-    for name, value in (("buyer", buyer_amount), ("seller", seller_amount)):
-        if value < 0 or quantize_usd(value) != value:
-            raise ApplicationError(f"The {name}'s share must be a non-negative amount in cents.")
+    _check_share("buyer", buyer_amount)
+    _check_share("seller", seller_amount)
     now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
-        if escrow.status != S.DISPUTED:
-            raise ApplicationError(f"Escrow {escrow_id} is not disputed.", {"status": escrow.status})
+        _require_status(escrow, (S.DISPUTED,), S.COMPLETED)
         held = _holding(escrow).account.balance
         if buyer_amount + seller_amount > held:
             raise ApplicationError(
@@ -598,8 +988,14 @@ def resolve_dispute(*, escrow_id: str, resolution: str, buyer_amount: Decimal | 
                 {"held": str(held)},
             )
         _set_status(escrow, S.COMPLETED, now=now, source=source, actor_id=actor_id, reason=reason)
-        _payout(escrow, to_buyer=buyer_amount, to_seller=seller_amount, purpose="split",
-                now=now, actor_id=actor_id)
+        _payout(
+            escrow,
+            to_buyer=buyer_amount,
+            to_seller=seller_amount,
+            purpose="split",
+            now=now,
+            actor_id=actor_id,
+        )
         escrow.completed_at = now
         escrow.save(update_fields=["status", "status_changed_at", "completed_at"])
         _notify(escrow, "dispute_resolved", escrow.buyer_id, amount=buyer_amount)
