@@ -23,6 +23,7 @@ from django.utils import timezone
 from escrow import services as escrow_services
 from escrow.audit import record_staff_action
 from escrow.models import Escrow
+from escrowsite.errors import ApplicationError
 from payments.models import FINAL_OUTCOMES, Outcome, PaymentEvent, WebhookReceipt
 from payments.parsing import (
     PROVIDER,
@@ -218,6 +219,10 @@ def _apply_confirmed(
         if outcome.shortfall:
             result.detail += f"; underpaid by {outcome.shortfall} within tolerance"
             receipt.flagged = True
+    elif outcome.kind == "duplicate":
+        # The escrow already holds this very payment (e.g. entered by staff): nothing moved.
+        result.outcome = Outcome.DUPLICATE
+        result.detail = f"payment {note.tx_id} was already applied to {note.escrow_ref}"
     elif outcome.kind == "partial":
         result.detail = f"{amount} USD held for {note.escrow_ref}; still partially paid"
     else:
@@ -329,6 +334,26 @@ def _process_locked(receipt: WebhookReceipt, *, source: str, actor_id: int | Non
     receipt.escrow_ref = note.escrow_ref
     receipt.payload_hash = note.payload_hash
 
+    try:
+        # A savepoint: if a business rule refuses the event, the claim and every effect
+        # are undone together, so staff can still apply the payment later.
+        with transaction.atomic():
+            _claim_and_handle(receipt, note, result, source, actor_id)
+    except ApplicationError as exc:
+        result.outcome = Outcome.CONFLICT
+        result.detail = f"refused, nothing applied: {exc.message}"
+        result.transfers, result.transactions = [], []
+        receipt.flagged = True
+    return result
+
+
+def _claim_and_handle(
+    receipt: WebhookReceipt,
+    note: PaymentNotification,
+    result: ProcessResult,
+    source: str,
+    actor_id: int | None,
+) -> None:
     if _claim(receipt, note) is None:
         first = PaymentEvent.objects.select_related("receipt").get(
             provider=PROVIDER, tx_id=note.tx_id, event=note.event
@@ -344,10 +369,8 @@ def _process_locked(receipt: WebhookReceipt, *, source: str, actor_id: int | Non
                 "nothing applied"
             )
             receipt.flagged = True
-        return result
-
+        return
     HANDLERS[note.event](receipt, note, result, source, actor_id)
-    return result
 
 
 @dataclass(frozen=True)
@@ -371,7 +394,7 @@ def process_receipt(
     Raises whatever went wrong, after the transaction rolled back: the caller records
     the failure (record_failure) and answers 5xx.
     """
-    with transaction.atomic(durable=True):
+    with transaction.atomic(durable=True), ledger.deferred_system_balances():
         receipt = WebhookReceipt.objects.select_for_update().get(pk=receipt_id)
         result = _process_locked(receipt, source=source, actor_id=actor_id)
         if not result.already_final:

@@ -8,14 +8,18 @@ units of work never wait on each other in opposite orders. Hot system accounts a
 updated last so that their row locks are held for the shortest time.
 
 Callers post everything one unit of work moves in a single `post_transfers` call.
+A hot path may wrap its unit of work in `deferred_system_balances()` so that the system
+accounts' balance UPDATEs run as its very last statements (see there).
 """
 
+import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
 from escrowsite.errors import IdempotencyConflict, InsufficientFunds, LedgerError
@@ -109,6 +113,42 @@ def lock_accounts(account_ids: Sequence[int]) -> dict[int, Account]:
             locked.setdefault(a.pk, a)
         return locked
     return {a.pk: a for a in ordered}
+
+
+# --- deferred system balances ---------------------------------------------------------
+
+_deferred = threading.local()
+
+
+@contextmanager
+def deferred_system_balances() -> Iterator[None]:
+    """Apply system accounts' balance changes as the last writes of the enclosing block.
+
+    Every payment debits its provider's clearing account, and an UPDATE row-locks that
+    one row until COMMIT: updated mid-transaction, all payments would queue for each
+    other's whole transaction. Deferred, the lock is held only from the flush to the
+    commit. Customer wallets and holdings are never deferred (their non-negative check
+    needs the real balance). Use inside the transaction, around everything up to its
+    commit; on an exception nothing is flushed and the transaction rolls back anyway.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("deferred_system_balances needs an enclosing transaction")
+    if getattr(_deferred, "deltas", None) is not None:
+        yield  # already deferring: the outermost block flushes
+        return
+    deltas: dict[int, Decimal] = defaultdict(Decimal)
+    _deferred.deltas = deltas
+    try:
+        yield
+    finally:
+        _deferred.deltas = None
+    _apply_balance_deltas(deltas)
+
+
+def _apply_balance_deltas(deltas: dict[int, Decimal]) -> None:
+    for account_id in sorted(deltas):
+        if deltas[account_id]:
+            Account.objects.filter(pk=account_id).update(balance=F("balance") + deltas[account_id])
 
 
 # --- posting ---------------------------------------------------------------------------
@@ -234,14 +274,17 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
             # caller's unit of work fail visibly and be retried; on retry it is idempotent.
             raise LedgerError(f"concurrent posting of the same transfer: {exc}") from exc
 
+        deferred = getattr(_deferred, "deltas", None)
         for account_id in sorted(
             delta, key=lambda pk: (accounts[pk].kind not in NON_NEGATIVE_KINDS, pk)
         ):
-            if delta[account_id]:
-                Account.objects.filter(pk=account_id).update(
-                    balance=F("balance") + delta[account_id]
-                )
-                accounts[account_id].balance += delta[account_id]
+            if not delta[account_id]:
+                continue
+            if deferred is not None and accounts[account_id].kind not in NON_NEGATIVE_KINDS:
+                deferred[account_id] += delta[account_id]
+                continue
+            Account.objects.filter(pk=account_id).update(balance=F("balance") + delta[account_id])
+            accounts[account_id].balance += delta[account_id]
 
     by_key = {t.idempotency_key: t for t in created} | existing
     return [by_key[key] for key in keys]

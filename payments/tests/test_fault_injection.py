@@ -7,8 +7,7 @@ from decimal import Decimal
 import pytest
 from django.db import OperationalError, connection
 
-from escrow import services as escrow_services
-from escrow.models import EscrowStatus
+from escrow.models import Escrow, EscrowStatus
 from escrow.tests.factories import make_escrow
 from payments import services
 from payments.models import Outcome, WebhookReceipt
@@ -57,7 +56,7 @@ def assert_failed_cleanly(receipt: WebhookReceipt, before: dict, response) -> No
 
 
 def assert_applied_once(escrow_id: str, tx_id: str, wallet_before: Decimal) -> None:
-    escrow = escrow_services.Escrow.objects.get(escrow_id=escrow_id)
+    escrow = Escrow.objects.get(escrow_id=escrow_id)
     assert escrow.status == EscrowStatus.PAYMENT_CONFIRMED
     assert escrow.holding.account.balance == escrow.total_due
     assert wallet(BUYER) == wallet_before + Decimal("101.00") - escrow.total_due

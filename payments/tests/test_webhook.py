@@ -327,3 +327,35 @@ def test_underpayment_within_tolerance_confirms_and_is_flagged(client):
     assert escrow.status == EscrowStatus.PAYMENT_CONFIRMED
     assert escrow.accepted_shortfall == Decimal("0.74")
     assert WebhookReceipt.objects.get().flagged
+
+
+@pytest.mark.django_db
+def test_a_payment_a_business_rule_refuses_is_a_visible_conflict_and_stays_applicable(
+    client, monkeypatch
+):
+    """A domain refusal is deterministic, so it is a 409 (no pointless retries), flagged
+    for staff, with nothing applied; the dedupe claim is undone too, so the same payment
+    can still be applied once the cause is fixed."""
+    from escrowsite.errors import ApplicationError
+    from payments.models import PaymentEvent
+
+    escrow = incident_escrow()
+
+    def refuse(**kwargs):
+        raise ApplicationError("rule says no")
+
+    monkeypatch.setattr(escrow_services, "confirm_payment", refuse)
+    before = snapshot()
+    response = post(client, payload(tx_id=INCIDENT_TX))
+    assert response.status_code == 409
+    assert response.json()["outcome"] == "conflict"
+    assert "rule says no" in response.json()["detail"]
+    assert snapshot() == before
+    assert WebhookReceipt.objects.get().flagged
+    assert not PaymentEvent.objects.exists()
+
+    monkeypatch.undo()
+    again = post(client, payload(tx_id=INCIDENT_TX))
+    assert again.json()["outcome"] == "applied"
+    escrow.refresh_from_db()
+    assert escrow.status == EscrowStatus.PAYMENT_CONFIRMED
