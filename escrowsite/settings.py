@@ -121,6 +121,9 @@ ESCROW_PAYMENT_WINDOW_MINUTES = env.int("ESCROW_PAYMENT_WINDOW_MINUTES", default
 ESCROW_SELLER_RESPONSE_HOURS = env.int("ESCROW_SELLER_RESPONSE_HOURS", default=24)
 ESCROW_DEFAULT_DELIVERY_HOURS = env.int("ESCROW_DEFAULT_DELIVERY_HOURS", default=24)
 ESCROW_AUTO_RELEASE_HOURS = env.int("ESCROW_AUTO_RELEASE_HOURS", default=72)
+# escrow_sweep warns the party who must act this long before a deadline (at most half
+# the window, so a 60-minute payment window is warned about at 30 minutes); 0 disables.
+ESCROW_WARN_BEFORE_HOURS = env.float("ESCROW_WARN_BEFORE_HOURS", default=6.0)
 
 # --- Wallets --------------------------------------------------------------------------
 # Staff wallet adjustments above this (absolute, USD) wait for a second staff member.
