@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test benchmark lint format clean
+.PHONY: run sandbox test benchmark lint format clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(v != (3, 11) and f"Python 3.11 is required but $(PYTHON) is {v[0]}.{v[1]}: make PYTHON=/path/to/python3.11 ...")'
@@ -22,11 +22,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 	umask 077 && sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(40))')/" \
 		-e "s/^DEBUG=.*/DEBUG=true/" .env.example > .env.tmp && mv .env.tmp .env
 
-## run: install, migrate the embedded SQLite database under var/, load the demo, serve
+## run: install, migrate the embedded SQLite database under var/, load the demo, serve,
+## with the sandbox payment provider on :8765 beside it so the demo works offline
 run: $(STAMP) .env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py escrow_seed_demo --base-url http://$(HOST):$(PORT)
+	$(BIN)/python manage.py payments_sandbox --webhook-url http://$(HOST):$(PORT)/webhooks/dynopay/ & \
+	sandbox=$$!; trap 'kill $$sandbox 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+## sandbox: only the sandbox payment provider (for a server started some other way)
+sandbox: $(STAMP) .env
+	$(BIN)/python manage.py payments_sandbox --webhook-url http://$(HOST):$(PORT)/webhooks/dynopay/
 
 ## test: the whole suite on PostgreSQL (DATABASE_URL, else 127.0.0.1:5432, else a
 ## throwaway cluster; see scripts/with-postgres.sh). PYTEST_ARGS="-k ledger -x" narrows it.

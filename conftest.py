@@ -9,6 +9,8 @@ settings.load_profile("default")
 
 @pytest.fixture(autouse=True)
 def _test_settings(settings):
+    # Real password hashing costs seconds per login in tests; its strength is not under test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.DYNOPAY_WEBHOOK_SECRET = ["test-webhook-secret"]
     settings.NOTIFICATIONS_BOT_WEBHOOK_URL = ""
     settings.NOTIFICATIONS_EMAIL_TO = []

@@ -50,8 +50,18 @@ def enqueue_notification(
     # ON CONFLICT DO NOTHING: the unique key makes a repeated event a no-op, never a
     # second message and never an error that could roll back the money transaction.
     Notification.objects.bulk_create(rows, ignore_conflicts=True)
-    transaction.on_commit(_dispatch_soon, robust=True)
+    _dispatch_after_this_commit()
     return rows
+
+
+def _dispatch_after_this_commit() -> None:
+    """Schedule one dispatch kick per transaction, however many rows it enqueued."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block and any(
+        func is _dispatch_soon for _, func, _ in connection.run_on_commit
+    ):
+        return
+    transaction.on_commit(_dispatch_soon, robust=True)
 
 
 def _dispatch_soon() -> None:
@@ -70,5 +80,5 @@ def requeue_notifications(*, ids: list[int]) -> int:
             pk__in=ids, status__in=[NotificationStatus.FAILED, NotificationStatus.DEAD]
         ).update(status=NotificationStatus.PENDING, attempts=0, next_attempt_at=timezone.now())
     if count:
-        transaction.on_commit(_dispatch_soon, robust=True)
+        _dispatch_after_this_commit()
     return count

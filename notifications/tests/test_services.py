@@ -101,3 +101,17 @@ def test_requeue_leaves_sent_rows_alone(bot):
     assert row.status == S.SENT
     assert dispatch_due().items == []
     assert len(bot.requests) == 1
+
+
+@pytest.mark.django_db
+def test_one_transaction_schedules_one_dispatch_kick_however_many_rows(
+    django_capture_on_commit_callbacks,
+):
+    from notifications.services import enqueue_notification
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        for n in range(5):
+            enqueue_notification(
+                event="e", recipient_id=None, escrow_id=None, key=f"kick:{n}", payload={}
+            )
+    assert len(callbacks) == 1
