@@ -189,19 +189,22 @@ def main() -> None:
     if args.seed_only:
         return
 
-    elapsed, counts = _sweep_in_process(dry_run=True)
+    with open("/proc/loadavg") as loadavg:
+        load = loadavg.read().split()[:3]
+    print(f"load average before the sweep: {load}, cpus: {os.cpu_count()}")
+    elapsed, counts = _sweep_in_process(dry_run=True, workers=1)
     print(f"dry run: {counts['would']} would be handled in {elapsed:.2f}s")
     if args.processes:
         from django.db import connections
 
         connections.close_all()
-        elapsed, counts_list = _sweep_in_processes(args.processes, url)
+        elapsed, counts_list = _sweep_in_processes(args.processes, url, args.workers)
         done = sum(c.get("done", 0) for c in counts_list)
         print(
             f"{args.processes} processes: done per process {[c.get('done') for c in counts_list]}"
         )
     else:
-        elapsed, counts = _sweep_in_process(dry_run=False)
+        elapsed, counts = _sweep_in_process(dry_run=False, workers=args.workers)
         done = counts["done"]
         print(f"counts: {counts}")
     print(

@@ -455,6 +455,8 @@ def _decide(rule: Rule, escrow_pk: int, row: dict[str, Any] | None, *, dry_run: 
     elif not dry_run:
         escrow = _apply(rule, escrow_id=row["escrow_id"], now=row["db_now"])
         result.to_status = escrow.status
+    if result.outcome == Result.HELD and not dry_run:
+        logger.warning("escrow_sweep: %s held: %s", result.escrow_id, result.detail)
     return result
 
 

@@ -269,13 +269,16 @@ def test_paid_escrow_auto_cancelled_is_impossible_when_its_payment_was_lost(monk
 
 
 @pytest.mark.django_db
-def test_an_unpaid_escrow_whose_holding_holds_money_is_held_not_expired():
+def test_an_unpaid_escrow_whose_holding_holds_money_is_held_not_expired(caplog):
     escrow = overdue(make_escrow())
     # A broken database: money reached the holding account without the status moving.
     fund(ledger.open_holding_account(escrow_id=escrow.pk), D("10.00"))
     report, code = sweep("--no-warnings")
     assert code == 2
     assert by_escrow(report) == {escrow.escrow_id: [("expire", "held")]}
+    assert any(
+        r.levelname == "WARNING" and escrow.escrow_id in r.getMessage() for r in caplog.records
+    )
     escrow.refresh_from_db()
     assert escrow.status == S.PAYMENT_PENDING
     assert sweep_changes(escrow) == []
