@@ -22,6 +22,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from escrow.admin_queues import queue_counts
+from escrow.models import StaffAction
 from escrowsite.errors import ApplicationError
 
 # Custom permissions (codename, name), all on the Escrow content type. Support has none
@@ -74,7 +75,14 @@ class BackOfficeSite(admin.AdminSite):
             queues.append(
                 {"queue": queue, "url": f"{reverse(name, current_app=self.name)}?{query}"}
             )
-        return super().index(request, {"work_queues": queues, **(extra_context or {})})
+        context: dict[str, Any] = {"work_queues": queues}
+        if request.user.has_perm("escrow.view_staffaction"):
+            # The audit log, in place of Django's "Recent actions": staff actions here are
+            # services, not admin form saves, so Django's own log would stay empty.
+            context["recent_staff_actions"] = list(
+                StaffAction.objects.select_related("actor", "escrow").order_by("-at", "-pk")[:10]
+            )
+        return super().index(request, {**context, **(extra_context or {})})
 
 
 # --- staff actions ---------------------------------------------------------------------

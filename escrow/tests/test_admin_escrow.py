@@ -414,3 +414,47 @@ def test_escrow_list_filters_and_search(monkeypatch):
     assert ids(f"?q={BUYER}") == {incident.escrow_id}
     assert ids(f"?q={paid.deposit_tx_hash}") == {paid.escrow_id}
     assert ids("?q=nothing-like-this") == set()
+
+
+@pytest.mark.django_db
+def test_confirm_by_hand_with_implausible_evidence_shows_the_error_and_changes_nothing():
+    from payments.models import WebhookReceipt
+    from payments.tests.test_webhook import incident_escrow
+
+    finance, _ = as_finance()
+    escrow = incident_escrow()
+    before = snapshot()
+    response = finance.post(
+        action_url("escrow_escrow", escrow.pk, "confirm-payment"),
+        {"tx_hash": "tx-huge", "usd_amount": "5000000000000.00", "reason": "typo"},
+    )
+    assert response.status_code == 200
+    assert any(
+        "not a valid payment" in m and "implausibly large" in m for m in message_texts(response)
+    )
+    assert snapshot() == before and not StaffAction.objects.exists()
+    assert not WebhookReceipt.objects.exists()
+
+
+@pytest.mark.django_db
+def test_every_see_all_link_of_the_escrow_page_lists_only_that_escrows_rows():
+    support = as_support()
+    escrow = escrow_in_status(S.COMPLETED)
+    other = escrow_in_status(S.COMPLETED)
+    page = support.get(change_url("escrow_escrow", escrow.pk))
+    links = page.context["see_all"]
+    assert set(links) == {
+        "status_changes",
+        "receipts",
+        "transactions",
+        "transfers",
+        "notifications",
+        "staff_actions",
+    }
+    for name, url in links.items():
+        response = support.get(url)
+        assert response.status_code == 200, name
+        rows = list(response.context["cl"].result_list)
+        assert all(row.escrow_id == escrow.pk for row in rows), name
+        assert other.pk not in {row.escrow_id for row in rows}
+    assert len(list(support.get(links["transfers"]).context["cl"].result_list)) >= 3

@@ -82,7 +82,9 @@ def test_each_problem_is_counted_and_linked_to_its_filtered_list(monkeypatch, cl
     )
 
     client = login(staff_user("sue", "Support"))
-    shown = queues(client.get("/admin/"))
+    index = client.get("/admin/")
+    shown = queues(index)
+    assert "wallet_adjustment_requested" in index.content.decode()  # recent staff actions
 
     assert shown["failed"][0] == "1"
     assert shown["parked"][0] == "1"

@@ -159,3 +159,20 @@ def test_customer_page_shows_wallets_and_records(customer):
     html = finance.get(change_url("wallets_customer", customer.pk)).content.decode()
     assert 'class="wallet-balance">7.35' in html
     assert f"ADJ_{customer.pk}_" in html
+
+
+@pytest.mark.django_db
+def test_rejecting_a_decided_request_shows_the_error(customer):
+    finance, _ = as_finance()
+    adjust(finance, customer, "250.00")
+    request = AdjustmentRequest.objects.get()
+    other = login(staff_user("frank-finance", "Finance"))
+    other.post(action_url("wallets_adjustmentrequest", request.pk, "reject"), {"reason": "no"})
+    before = snapshot()
+    again = other.post(
+        action_url("wallets_adjustmentrequest", request.pk, "reject"), {"reason": "no"}
+    )
+    assert again.status_code == 200
+    assert any("was already rejected" in m for m in message_texts(again))
+    assert snapshot() == before
+    assert StaffAction.objects.filter(action="wallet_adjustment_rejected").count() == 1
