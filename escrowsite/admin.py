@@ -16,10 +16,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connection
 from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.functional import cached_property
 
 from escrow.admin_queues import queue_counts
 from escrow.models import StaffAction
@@ -245,6 +248,32 @@ class ObjectActionsMixin:
         return TemplateResponse(request, "admin/backoffice/object_action.html", context)
 
 
+class EstimatedCountPaginator(Paginator):
+    """Pages of a changelist without a full-table COUNT(*) on big, unfiltered tables.
+
+    An unfiltered list of a table PostgreSQL estimates above ESTIMATE_ABOVE rows shows
+    the planner's estimate (pg_class.reltuples, kept by autovacuum) as its size; a
+    filtered list, or a small table, is counted exactly (filters are index-served).
+    """
+
+    ESTIMATE_ABOVE = 50_000
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        query = getattr(queryset, "query", None)
+        if query is not None and not query.where and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                    [queryset.model._meta.db_table],
+                )
+                row = cursor.fetchone()
+            if row and row[0] > self.ESTIMATE_ABOVE:
+                return int(row[0])
+        return super().count
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Records staff read but never write through forms: no add, change or delete.
 
@@ -252,6 +281,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     """
 
     show_full_result_count = False  # no second, unfiltered COUNT(*) on big tables
+    paginator = EstimatedCountPaginator
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

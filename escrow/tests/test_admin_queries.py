@@ -161,3 +161,26 @@ def test_record_pages_do_not_grow_with_their_history(client):
     large = [queries(viewer, url) for url in pages]
     assert large == small
     assert wallet.kind == AccountKind.CUSTOMER
+
+
+@pytest.mark.django_db
+def test_a_big_unfiltered_list_is_not_counted_but_estimated(monkeypatch):
+    from escrowsite.admin import EstimatedCountPaginator
+
+    viewer = login(staff_user("viewer", superuser=True))
+    for _ in range(3):
+        make_escrow()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE escrow_escrow")
+    monkeypatch.setattr(EstimatedCountPaginator, "ESTIMATE_ABOVE", 1)
+
+    with CaptureQueriesContext(connection) as captured:
+        response = viewer.get(changelist_url("escrow_escrow"))
+    assert response.context["cl"].result_count == 3  # the planner's estimate, exact here
+    counts = [q["sql"] for q in captured if "COUNT(" in q["sql"] and "escrow_escrow" in q["sql"]]
+    assert counts == []
+
+    with CaptureQueriesContext(connection) as captured:
+        response = viewer.get(changelist_url("escrow_escrow") + "?status__exact=payment_pending")
+    assert response.context["cl"].result_count == 3
+    assert any("COUNT(" in q["sql"] for q in captured)  # filtered lists are counted exactly
