@@ -28,6 +28,11 @@ class MalformedPayload(ValueError):
 
 # Larger than any real payment; keeps absurd numbers out of Decimal columns.
 MAX_AMOUNT = Decimal("1e12")
+# The finest unit of any coin we take (ETH has 18 decimals); also the column's scale.
+MAX_PLACES = 18
+# Transaction and payment ids longer than this cannot be real, and ids are built into
+# idempotency and outbox keys that must fit their columns.
+MAX_ID_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,9 @@ def load_json(body: bytes) -> dict[str, Any]:
         raise MalformedPayload("body is not UTF-8") from None
     try:
         data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # JSONDecodeError, and also the plain ValueError for integers past Python's
+        # 4300-digit conversion limit.
         raise MalformedPayload("body is not valid JSON") from None
     if not isinstance(data, dict):
         raise MalformedPayload("body must be a JSON object")
@@ -119,6 +126,25 @@ def _text(data: dict[str, Any], name: str, *, required: bool, max_length: int = 
         raise MalformedPayload(f"{name} is longer than {max_length} characters")
     if "\x00" in value:
         raise MalformedPayload(f"{name} contains a NUL character")
+    if not is_storable(value):
+        raise MalformedPayload(f"{name} is not valid Unicode text")
+    return value
+
+
+def is_storable(value: str) -> bool:
+    """False for strings a database cannot store, such as JSON's lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def _code(data: dict[str, Any], name: str, *, required: bool, max_length: int) -> str:
+    """A currency or coin code: ASCII letters and digits, upper-cased, length-checked after."""
+    value = _text(data, name, required=required, max_length=max_length).upper()
+    if value and not (value.isascii() and value.isalnum() and len(value) <= max_length):
+        raise MalformedPayload(f"{name} must be a code of letters and digits, got {value!r}")
     return value
 
 
@@ -136,6 +162,8 @@ def _amount(data: dict[str, Any], name: str, *, required: bool) -> Decimal | Non
         raise MalformedPayload(f"{name} must be positive, got {value}")
     if amount >= MAX_AMOUNT:
         raise MalformedPayload(f"{name} is implausibly large: {value}")
+    if amount and amount.normalize().as_tuple().exponent < -MAX_PLACES:
+        raise MalformedPayload(f"{name} has more than {MAX_PLACES} decimal places: {value}")
     return amount
 
 
@@ -146,13 +174,13 @@ def parse_notification(body: bytes) -> PaymentNotification:
     if event not in EventType.ALL:
         raise MalformedPayload(f"event {event!r} is not one of {', '.join(EventType.ALL)}")
     confirmed = event == EventType.CONFIRMED
-    payment_id = _text(data, "id", required=True)
+    payment_id = _text(data, "id", required=True, max_length=MAX_ID_LENGTH)
     # A pending or failed event may come before the chain has a transaction id; the
     # provider's payment id then keys it.
-    tx_id = _text(data, "txId", required=confirmed) or payment_id
+    tx_id = _text(data, "txId", required=confirmed, max_length=MAX_ID_LENGTH) or payment_id
 
     base_amount = _amount(data, "base_amount", required=confirmed)
-    base_currency = _text(data, "base_currency", required=confirmed, max_length=8).upper()
+    base_currency = _code(data, "base_currency", required=confirmed, max_length=8)
     if base_currency and base_currency != USD:
         raise MalformedPayload(f"base_currency must be {USD}, got {base_currency!r}")
     if base_amount is not None:
@@ -190,7 +218,7 @@ def parse_notification(body: bytes) -> PaymentNotification:
         base_amount=base_amount,
         base_currency=base_currency or USD,
         paid_amount=_amount(data, "paid_amount", required=False),
-        paid_currency=_text(data, "paid_currency", required=False, max_length=16).upper(),
+        paid_currency=_code(data, "paid_currency", required=False, max_length=16),
         escrow_ref=escrow_ref,
         created_at=created_at,
     )

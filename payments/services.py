@@ -30,12 +30,13 @@ from payments.parsing import (
     EventType,
     MalformedPayload,
     PaymentNotification,
+    is_storable,
     load_json,
     parse_notification,
 )
 from payments.signing import SIGNATURE_HEADER, verify
 from wallets import ledger
-from wallets.models import AccountKind, Transaction, TransactionType, TransferKind
+from wallets.models import AccountKind, Transaction, TransactionType, Transfer, TransferKind
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,12 @@ def store_receipt(
     else:
         outcome, detail = Outcome.RECEIVED, ""
     stored = body[: settings.WEBHOOK_MAX_BODY_BYTES]
+    # Identified from the start, so even a delivery whose processing fails or never
+    # finishes can be found by escrow and transaction.
+    ids = identify(body) if signed else {}
     with transaction.atomic(durable=True):
         receipt = WebhookReceipt.objects.create(
+            **ids,
             provider=provider,
             remote_ip=remote_ip,
             headers=clean_headers(headers),
@@ -151,7 +156,12 @@ def record_failure(*, receipt_id: int, exc: BaseException) -> None:
     """
     text = "".join(traceback.format_exception(exc))
     with transaction.atomic(durable=True):
+        # The rolled-back processing took the escrow link with it; staff need it to find
+        # this failure from the escrow's page, so set it again from the stored reference.
+        ref = WebhookReceipt.objects.filter(pk=receipt_id).values_list("escrow_ref", flat=True)
+        escrow_id = Escrow.objects.filter(escrow_id__in=ref).values_list("pk", flat=True).first()
         WebhookReceipt.objects.filter(pk=receipt_id).update(
+            escrow_id=escrow_id,
             outcome=Outcome.FAILED,
             attempts=F("attempts") + 1,
             last_error=f"{type(exc).__name__}: {exc}"[:2000],
@@ -305,12 +315,15 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def _describe(transfer) -> dict[str, Any]:
+def _describe(transfer: Transfer) -> dict[str, Any]:
+    # Labels, not just ids: in a preview the accounts may not exist once it rolls back.
     return {
         "kind": transfer.kind,
         "amount": str(transfer.amount),
         "debit_account": transfer.debit_account_id,
         "credit_account": transfer.credit_account_id,
+        "debit": str(transfer.debit_account),
+        "credit": str(transfer.credit_account),
     }
 
 
@@ -481,12 +494,15 @@ def run_processing(
         # Not swallowed: the failure is stored on the receipt with its traceback, logged at
         # ERROR, and answered with a 500 so the provider retries.
         record_failure(receipt_id=receipt_id, exc=exc)
-        escrow_ref, key = _identify(receipt_id)
+        ids = WebhookReceipt.objects.filter(pk=receipt_id).values("escrow_ref", "tx_id", "event")
+        found = ids.first() or {}
         logger.error(
-            "webhook receipt %s failed (escrow %s, key %s)",
+            "webhook receipt %s failed (escrow %s, key %s:%s:%s)",
             receipt_id,
-            escrow_ref,
-            key,
+            found.get("escrow_ref") or "?",
+            PROVIDER,
+            found.get("tx_id") or "?",
+            found.get("event") or "?",
             exc_info=exc,
         )
         return DeliveryResponse(
@@ -502,19 +518,27 @@ def run_processing(
     return DeliveryResponse(result.http_status, result.as_json())
 
 
-def _identify(receipt_id: int) -> tuple[str, str]:
-    """Escrow reference and dedupe key of a stored delivery, for log lines. The failed
-    transaction rolled back what processing had filled in, so read the raw body again
-    (without the full parser, which may be what failed)."""
-    body = WebhookReceipt.objects.filter(pk=receipt_id).values_list("body", flat=True).first()
+def identify(body: bytes) -> dict[str, str]:
+    """Event, transaction id, payment id and escrow reference read leniently from a raw
+    body, for the receipt log and log lines before (or whatever the outcome of) full
+    parsing: strings only, cut to their columns, empty when absent or unreadable."""
     try:
-        data = load_json(bytes(body or b""))
+        data = load_json(body)
     except MalformedPayload:
-        return "?", "?"
+        return {"event": "", "tx_id": "", "provider_payment_id": "", "escrow_ref": ""}
     meta = data.get("meta_data") if isinstance(data.get("meta_data"), dict) else {}
-    ref = meta.get("refId") or data.get("customer_reference") or "?"
-    key = f"{PROVIDER}:{data.get('txId') or data.get('id') or '?'}:{data.get('event') or '?'}"
-    return str(ref), key
+
+    def text(value: object, length: int) -> str:
+        # Whatever the body holds must never stop the receipt itself from being stored.
+        return value.strip()[:length] if isinstance(value, str) and is_storable(value) else ""
+
+    payment_id = text(data.get("id"), 200)
+    return {
+        "event": text(data.get("event"), 64),
+        "tx_id": text(data.get("txId"), 200) or payment_id,
+        "provider_payment_id": payment_id,
+        "escrow_ref": text(meta.get("refId"), 64) or text(data.get("customer_reference"), 64),
+    }
 
 
 # --- retries ---------------------------------------------------------------------------

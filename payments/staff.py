@@ -252,3 +252,42 @@ def dedupe_owner(receipt: WebhookReceipt) -> WebhookReceipt | None:
         .first()
     )
     return event.receipt if event else None
+
+
+def acknowledge_receipt(*, receipt_id: int, actor_id: int, reason: str) -> WebhookReceipt:
+    """Staff looked at a flagged delivery (a late payment credited, a shortfall accepted,
+    a conflict) and nothing more is needed: it leaves the work queue, audited.
+
+    A parked payment cannot be acknowledged away: its money sits in suspense until staff
+    attach it to an escrow or credit it to a wallet.
+    """
+    reason = _require_reason(reason)
+    with transaction.atomic(durable=True):
+        try:
+            receipt = WebhookReceipt.objects.select_for_update().get(pk=receipt_id)
+        except WebhookReceipt.DoesNotExist:
+            raise NotFound(f"Webhook receipt #{receipt_id} does not exist.") from None
+        if not receipt.flagged:
+            raise ApplicationError(f"Receipt #{receipt_id} is not flagged for staff.")
+        if receipt.outcome == Outcome.PARKED:
+            raise ApplicationError(
+                f"Receipt #{receipt_id} parked money in suspense: attach it to an escrow or "
+                "credit it to a wallet instead."
+            )
+        if receipt.outcome not in (Outcome.APPLIED, Outcome.CONFLICT, Outcome.DUPLICATE):
+            raise ApplicationError(
+                f"Receipt #{receipt_id} is {receipt.outcome}; only a final outcome can be "
+                "acknowledged."
+            )
+        receipt.flagged = False
+        receipt.detail += " | acknowledged by staff"
+        receipt.save(update_fields=["flagged", "detail"])
+        record_staff_action(
+            actor_id=actor_id,
+            action="acknowledge_receipt",
+            reason=reason,
+            escrow=receipt.escrow,
+            target=f"webhook receipt #{receipt.pk}",
+            changes={"flagged": [True, False], "outcome": receipt.outcome},
+        )
+    return receipt

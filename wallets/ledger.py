@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from escrowsite.errors import IdempotencyConflict, InsufficientFunds, LedgerError
@@ -120,6 +120,21 @@ def lock_accounts(account_ids: Sequence[int]) -> dict[int, Account]:
 _deferred = threading.local()
 
 
+class _DeferredDelta:
+    """Balance changes of one posting, waiting for the flush.
+
+    Registered as a (no-op) on-commit callback so that Django's own savepoint bookkeeping
+    tells us whether it survived: rolling back a savepoint drops the callbacks registered
+    inside it, and with them these changes, exactly like the transfers they belong to.
+    """
+
+    def __init__(self, changes: dict[int, Decimal]) -> None:
+        self.changes = changes
+
+    def __call__(self) -> None:  # runs after commit; the work was done before it
+        pass
+
+
 @contextmanager
 def deferred_system_balances() -> Iterator[None]:
     """Apply system accounts' balance changes as the last writes of the enclosing block.
@@ -130,25 +145,35 @@ def deferred_system_balances() -> Iterator[None]:
     commit. Customer wallets and holdings are never deferred (their non-negative check
     needs the real balance). Use inside the transaction, around everything up to its
     commit; on an exception nothing is flushed and the transaction rolls back anyway.
+    Changes posted inside a savepoint that rolls back are discarded with it.
     """
+    connection = transaction.get_connection()
     if not connection.in_atomic_block:
         raise RuntimeError("deferred_system_balances needs an enclosing transaction")
-    if getattr(_deferred, "deltas", None) is not None:
+    if getattr(_deferred, "pending", None) is not None:
         yield  # already deferring: the outermost block flushes
         return
-    deltas: dict[int, Decimal] = defaultdict(Decimal)
-    _deferred.deltas = deltas
+    pending: list[_DeferredDelta] = []
+    _deferred.pending = pending
     try:
         yield
     finally:
-        _deferred.deltas = None
-    _apply_balance_deltas(deltas)
+        _deferred.pending = None
+    alive = {id(func) for _, func, _ in connection.run_on_commit}
+    totals: dict[int, Decimal] = defaultdict(Decimal)
+    for entry in pending:
+        if id(entry) in alive:
+            for account_id, change in entry.changes.items():
+                totals[account_id] += change
+    for account_id in sorted(totals):
+        if totals[account_id]:
+            Account.objects.filter(pk=account_id).update(balance=F("balance") + totals[account_id])
 
 
-def _apply_balance_deltas(deltas: dict[int, Decimal]) -> None:
-    for account_id in sorted(deltas):
-        if deltas[account_id]:
-            Account.objects.filter(pk=account_id).update(balance=F("balance") + deltas[account_id])
+def _defer(changes: dict[int, Decimal]) -> None:
+    entry = _DeferredDelta(changes)
+    _deferred.pending.append(entry)
+    transaction.on_commit(entry)
 
 
 # --- posting ---------------------------------------------------------------------------
@@ -209,7 +234,12 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
     with transaction.atomic(savepoint=False):
         accounts = lock_accounts([a.pk for leg in legs for a in (leg.debit, leg.credit)])
         # Read after locking, so a concurrent post of the same key has committed by now.
-        existing = {t.idempotency_key: t for t in Transfer.objects.filter(idempotency_key__in=keys)}
+        existing = {
+            t.idempotency_key: t
+            for t in Transfer.objects.filter(idempotency_key__in=keys).select_related(
+                "debit_account", "credit_account"
+            )
+        }
         new_legs = []
         for leg in legs:
             found = existing.get(leg.idempotency_key)
@@ -257,8 +287,10 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
                         kind=leg.kind,
                         amount=leg.amount,
                         currency=leg.debit.currency,
-                        debit_account_id=leg.debit.pk,
-                        credit_account_id=leg.credit.pk,
+                        # The objects, not just ids: callers describing the transfers
+                        # (e.g. a dry-run preview) then need no further queries.
+                        debit_account=leg.debit,
+                        credit_account=leg.credit,
                         idempotency_key=leg.idempotency_key,
                         escrow_id=leg.escrow_id,
                         reference=leg.reference,
@@ -274,17 +306,20 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
             # caller's unit of work fail visibly and be retried; on retry it is idempotent.
             raise LedgerError(f"concurrent posting of the same transfer: {exc}") from exc
 
-        deferred = getattr(_deferred, "deltas", None)
+        deferring = getattr(_deferred, "pending", None) is not None
+        later: dict[int, Decimal] = {}
         for account_id in sorted(
             delta, key=lambda pk: (accounts[pk].kind not in NON_NEGATIVE_KINDS, pk)
         ):
             if not delta[account_id]:
                 continue
-            if deferred is not None and accounts[account_id].kind not in NON_NEGATIVE_KINDS:
-                deferred[account_id] += delta[account_id]
+            if deferring and accounts[account_id].kind not in NON_NEGATIVE_KINDS:
+                later[account_id] = delta[account_id]
                 continue
             Account.objects.filter(pk=account_id).update(balance=F("balance") + delta[account_id])
             accounts[account_id].balance += delta[account_id]
+        if later:
+            _defer(later)
 
     by_key = {t.idempotency_key: t for t in created} | existing
     return [by_key[key] for key in keys]

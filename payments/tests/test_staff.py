@@ -172,3 +172,39 @@ def test_attach_requires_a_parked_receipt(client, finance_user):
         staff.attach_suspense_payment(
             receipt_id=receipt.pk, escrow_id=escrow.escrow_id, actor_id=finance_user.pk, reason="r"
         )
+
+
+@pytest.mark.django_db
+def test_a_flagged_late_payment_can_be_acknowledged_once(client, finance_user):
+    from escrow import services as escrow_services
+
+    escrow = incident_escrow()
+    escrow_services.cancel_escrow(escrow_id=escrow.escrow_id)
+    assert post(client, payload(tx_id="tx-late")).json()["outcome"] == "applied"
+    receipt = WebhookReceipt.objects.get()
+    assert receipt.flagged
+    staff.acknowledge_receipt(receipt_id=receipt.pk, actor_id=finance_user.pk, reason="buyer told")
+    receipt.refresh_from_db()
+    assert not receipt.flagged
+    assert StaffAction.objects.get().action == "acknowledge_receipt"
+    with pytest.raises(ApplicationError, match="not flagged"):
+        staff.acknowledge_receipt(receipt_id=receipt.pk, actor_id=finance_user.pk, reason="again")
+
+
+@pytest.mark.django_db
+def test_parked_money_cannot_be_acknowledged_away(client, finance_user):
+    post(client, payload(escrow_id="ES000000NOPE", tx_id="tx-parked"))
+    receipt = WebhookReceipt.objects.get()
+    with pytest.raises(ApplicationError, match="suspense"):
+        staff.acknowledge_receipt(receipt_id=receipt.pk, actor_id=finance_user.pk, reason="r")
+    receipt.refresh_from_db()
+    assert receipt.flagged and not StaffAction.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_failed_delivery_stays_linked_to_its_escrow(monkeypatch):
+    escrow = incident_escrow()
+    receipt = failed_receipt(monkeypatch, escrow.escrow_id, INCIDENT_TX)
+    assert receipt.escrow_id == escrow.pk
+    assert receipt.escrow_ref == escrow.escrow_id
+    assert receipt.tx_id == INCIDENT_TX and receipt.event == "payment.confirmed"

@@ -1,5 +1,6 @@
 """The webhook endpoint end to end: every delivery ends in exactly one visible outcome."""
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -359,3 +360,30 @@ def test_a_payment_a_business_rule_refuses_is_a_visible_conflict_and_stays_appli
     assert again.json()["outcome"] == "applied"
     escrow.refresh_from_db()
     assert escrow.status == EscrowStatus.PAYMENT_CONFIRMED
+
+
+HOSTILE_BODIES = {
+    "lone-surrogate-in-txId": lambda: json.dumps(payload(tx_id="tx-\ud800")).encode(),
+    "lone-surrogate-in-refId": lambda: json.dumps(payload(escrow_id="ES101325WZY2\udfff")).encode(),
+    "5000-digit-json-integer": lambda: json.dumps(payload())[:-1].encode()
+    + b', "base_amount": '
+    + b"1" * 5000
+    + b"}",
+    "152-character-txId": lambda: json.dumps(payload(tx_id="t" * 152)).encode(),
+    "coin-that-grows-when-uppercased": lambda: json.dumps(payload(coin="\ufb03" * 6)).encode(),
+    "paid_amount-with-extreme-exponent": lambda: json.dumps(
+        payload(paid_amount="1e-99999")
+    ).encode(),
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
+def test_hostile_bodies_found_by_fuzzing_are_400_not_500(client, name):
+    """Each of these once made processing fail with a 500 that no retry could fix."""
+    incident_escrow()
+    before = snapshot()
+    response = post(client, HOSTILE_BODIES[name]())
+    assert response.status_code == 400, response.content
+    assert snapshot() == before
+    assert WebhookReceipt.objects.get().outcome == Outcome.MALFORMED

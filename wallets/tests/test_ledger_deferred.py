@@ -85,3 +85,17 @@ def test_suspense_and_revenue_are_deferred_too():
         assert Account.objects.get(pk=suspense.pk).balance == 0
     assert Account.objects.get(pk=suspense.pk).balance == Decimal("3.00")
     assert not ledger_violations()
+
+
+@pytest.mark.django_db
+def test_changes_posted_in_a_rolled_back_savepoint_are_discarded_with_it():
+    """Found by the webhook fuzz: a business refusal rolls back a savepoint after the
+    transfers were posted; the deferred clearing change must vanish with them."""
+    clearing = ledger.clearing_account(provider="dynopay")
+    with transaction.atomic(), ledger.deferred_system_balances():
+        pay_in("5.00", "kept")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            pay_in("7.00", "rolled-back")
+            raise RuntimeError("refused")
+    assert Account.objects.get(pk=clearing.pk).balance == Decimal("-5.00")
+    assert not ledger_violations()
