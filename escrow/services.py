@@ -366,7 +366,7 @@ def confirm_payment(
             return previous
         clearing = ledger.clearing_account(provider=payment.provider, currency=escrow.currency)
         if escrow.status not in AWAITING_PAYMENT:
-            return _credit_late_payment(escrow, payment, amount, clearing, key, now)
+            return _credit_late_payment(escrow, payment, amount, clearing, key, now, actor_id)
         if escrow.status == S.CREATED:
             # Money never waits on a missed step: move on to payment_pending first.
             _set_status(escrow, S.PAYMENT_PENDING, now=now, source=source, actor_id=actor_id)
@@ -437,6 +437,7 @@ def _apply_to_holding(
             f"{key}:escrow_payment",
             escrow.pk,
             key,
+            actor_id=actor_id,
         )
     ]
     if excess:
@@ -450,6 +451,7 @@ def _apply_to_holding(
                 f"{key}:overpayment_credit",
                 escrow.pk,
                 key,
+                actor_id=actor_id,
             )
         )
     transfers = ledger.post_transfers(legs)
@@ -555,6 +557,7 @@ def _credit_late_payment(
     clearing: Account,
     key: str,
     now: datetime,
+    actor_id: int | None = None,
 ) -> PaymentOutcome:
     """Money for an escrow that no longer takes payments goes to the buyer's wallet."""
     wallet = ledger.customer_wallet(customer=escrow.buyer_id, currency=escrow.currency)
@@ -569,6 +572,7 @@ def _credit_late_payment(
                 escrow.pk,
                 key,
                 memo=f"payment arrived while escrow was {escrow.status}",
+                actor_id=actor_id,
             )
         ]
     )

@@ -29,9 +29,8 @@ S = EscrowStatus
 def test_escrow_page_shows_the_incident_timeline_with_its_failed_delivery(monkeypatch):
     support = as_support()
     escrow, receipt = incident_with_failed_delivery(monkeypatch)
-    # The failed processing was rolled back entirely, so the receipt is not linked to the
-    # escrow; the page still finds it by the reference in its raw body.
-    assert receipt.escrow_id is None
+    # The failed processing rolled back, but recording the failure links it again.
+    assert receipt.escrow_id == escrow.pk
 
     page = support.get(change_url("escrow_escrow", escrow.pk))
 

@@ -208,3 +208,19 @@ def test_a_failed_delivery_stays_linked_to_its_escrow(monkeypatch):
     assert receipt.escrow_id == escrow.pk
     assert receipt.escrow_ref == escrow.escrow_id
     assert receipt.tx_id == INCIDENT_TX and receipt.event == "payment.confirmed"
+
+
+@pytest.mark.django_db
+def test_ledger_rows_of_a_staff_confirmation_name_the_staff_member(finance_user):
+    from wallets.models import Transfer
+
+    escrow = incident_escrow()
+    staff.confirm_payment_by_hand(
+        escrow_id=escrow.escrow_id,
+        evidence=staff.PaymentEvidence(tx_id=INCIDENT_TX, usd_amount=Decimal("101.00")),
+        actor_id=finance_user.pk,
+        reason="explorer",
+    )
+    payment_transfers = Transfer.objects.filter(escrow=escrow)
+    assert payment_transfers.count() == 2
+    assert {t.actor_id for t in payment_transfers} == {finance_user.pk}
