@@ -276,9 +276,10 @@ def _claim_sql(rule: Rule, *, lock: bool) -> str:
     - money_held: its holding account holds money (wrong for an escrow awaiting its
       first payment: closing it would strand that money);
     - payment_in_flight: a signed delivery that is still unprocessed (received) or whose
-      processing failed names this escrow, by link, by parsed reference, or anywhere in
-      its raw body (a failed processing rolls back the parsed fields, so the body is all
-      there is). Closing it would repeat the incident: the escrow whose payment was lost.
+      processing failed names this escrow, by link, by the reference read when it was
+      stored, or (belt and braces, for a body only the full parser understands) anywhere
+      in its raw body. Closing it would repeat the incident: the escrow whose payment was
+      lost.
     """
     escrow = Escrow._meta.db_table
     guards = ""
