@@ -42,6 +42,8 @@ ACTION_PERMISSIONS: tuple[tuple[str, str], ...] = (
     ("adjust_wallet", "Can adjust a customer wallet"),
     ("approve_adjustment", "Can approve or reject a wallet adjustment request"),
     ("retry_notification", "Can retry failed notifications"),
+    # Granted to Finance by escrow migration 0006 (0005's list is frozen).
+    ("acknowledge_receipt", "Can acknowledge a flagged webhook delivery"),
 )
 SUPPORT_ACTION_PERMISSIONS = ("retry_notification",)
 

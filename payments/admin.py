@@ -40,6 +40,10 @@ from wallets.models import Account, Transaction, TransactionType
 # A bulk reprocess previews every selected delivery; more than this is a job for
 # `payments_retry`, not a page.
 BULK_REPROCESS_MAX = 20
+# A bulk acknowledgement lists what it clears; one changelist page at most.
+BULK_ACKNOWLEDGE_MAX = 100
+# Flagged outcomes a person can look at and close (payments.staff.acknowledge_receipt).
+ACKNOWLEDGEABLE = (Outcome.APPLIED, Outcome.CONFLICT, Outcome.DUPLICATE)
 
 
 def _url(name: str, *args: Any) -> str:
@@ -126,6 +130,29 @@ def _parked_facts(request: HttpRequest, receipt: WebhookReceipt) -> dict[str, An
             ("Detail", receipt.detail),
         ]
     }
+
+
+def _can_acknowledge(receipt: WebhookReceipt) -> bool:
+    return receipt.flagged and receipt.outcome in ACKNOWLEDGEABLE
+
+
+def _flag_facts(request: HttpRequest, receipt: WebhookReceipt) -> dict[str, Any]:
+    return {
+        "facts": [
+            ("Outcome", receipt.get_outcome_display()),
+            ("Flagged", "yes" if receipt.flagged else "no"),
+            ("Escrow", receipt.escrow.escrow_id if receipt.escrow_id else receipt.escrow_ref),
+            ("Provider transaction", receipt.tx_id or "-"),
+            ("Detail", receipt.detail or "-"),
+        ]
+    }
+
+
+def _run_acknowledge(request: HttpRequest, receipt: WebhookReceipt, data: dict[str, Any]) -> Done:
+    staff.acknowledge_receipt(
+        receipt_id=receipt.pk, actor_id=request.user.pk, reason=data["reason"]
+    )
+    return Done(f"Delivery #{receipt.pk} acknowledged: it left the work queue.")
 
 
 class AttachForm(ReasonForm):
@@ -222,7 +249,7 @@ class WebhookReceiptAdmin(ObjectActionsMixin, ExactSearchMixin, ReadOnlyAdmin):
     search_fields = ("tx_id", "escrow_ref", "provider_payment_id")
     search_help_text = "Exact: provider tx id, escrow id, provider payment id, or #receipt id."
     ordering = ("-received_at", "-pk")
-    actions = ("reprocess_selected",)
+    actions = ("reprocess_selected", "acknowledge_selected")
     readonly_fields = ("raw_body", "headers_pretty", "traceback_pre", "dedupe_owner_link")
     fieldsets = (
         (
@@ -306,6 +333,19 @@ class WebhookReceiptAdmin(ObjectActionsMixin, ExactSearchMixin, ReadOnlyAdmin):
             preview=_parked_facts,
             help="Move this parked payment out of suspense into a customer's wallet.",
             confirm_label="Credit wallet",
+        ),
+        ObjectAction(
+            name="acknowledge",
+            label="Acknowledge (clear the flag)",
+            permission=perm("acknowledge_receipt"),
+            run=_run_acknowledge,
+            applies=_can_acknowledge,
+            preview=_flag_facts,
+            help="You looked at this flagged delivery (a late or extra payment credited to "
+            "the buyer's wallet, an underpayment accepted, a conflicting redelivery) and "
+            "nothing more is needed: it leaves the work queue. No money moves. A parked "
+            "payment cannot be acknowledged: attach it or credit it instead.",
+            confirm_label="Acknowledge",
         ),
     )
 
@@ -424,6 +464,68 @@ class WebhookReceiptAdmin(ObjectActionsMixin, ExactSearchMixin, ReadOnlyAdmin):
                 "opts": self.opts,
                 "form": form,
                 "items": [(r, reprocess_preview(request, r)) for r in receipts],
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                "media": self.media,
+            },
+        )
+
+
+    def has_acknowledge_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(perm("acknowledge_receipt"))
+
+    @admin.action(
+        description="Acknowledge selected flagged deliveries (asks for a reason)",
+        permissions=["acknowledge"],
+    )
+    def acknowledge_selected(
+        self, request: HttpRequest, queryset: QuerySet
+    ) -> HttpResponse | None:
+        receipts = list(
+            queryset.filter(flagged=True)
+            .select_related("escrow")
+            .defer("body", "traceback", "headers")
+            .order_by("pk")[: BULK_ACKNOWLEDGE_MAX + 1]
+        )
+        if not receipts:
+            self.message_user(
+                request, "None of the selected deliveries is flagged.", messages.WARNING
+            )
+            return None
+        if len(receipts) > BULK_ACKNOWLEDGE_MAX:
+            self.message_user(
+                request, f"Select at most {BULK_ACKNOWLEDGE_MAX} deliveries.", messages.ERROR
+            )
+            return None
+        form = ReasonForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            done = 0
+            for receipt in receipts:
+                # One durable transaction each: a refused one (parked money) stops no other.
+                try:
+                    staff.acknowledge_receipt(
+                        receipt_id=receipt.pk,
+                        actor_id=request.user.pk,
+                        reason=form.cleaned_data["reason"],
+                    )
+                except ApplicationError as exc:
+                    self.message_user(request, exc.message, messages.ERROR)
+                else:
+                    done += 1
+            if done:
+                self.message_user(
+                    request, f"{done} flagged deliveries acknowledged.", messages.SUCCESS
+                )
+            return None
+        return TemplateResponse(
+            request,
+            "admin/payments/webhookreceipt/acknowledge_selected.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Acknowledge flagged deliveries",
+                "opts": self.opts,
+                "form": form,
+                "receipts": receipts,
+                "acknowledgeable": ACKNOWLEDGEABLE,
                 "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
                 "media": self.media,
             },

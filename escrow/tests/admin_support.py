@@ -26,8 +26,10 @@ def ensure_staff_groups() -> None:
     The test database is migrated once, but a `transaction=True` test anywhere in the suite
     ends with a flush that deletes all rows, the migration's groups included.
     """
-    migration = importlib.import_module("escrow.migrations.0005_staff_groups")
-    migration.create_groups(apps, None)
+    importlib.import_module("escrow.migrations.0005_staff_groups").create_groups(apps, None)
+    importlib.import_module("escrow.migrations.0006_acknowledge_receipt_permission").grant(
+        apps, None
+    )
 
 
 def staff_user(username: str, group: str | None = None, *, superuser: bool = False):

@@ -131,7 +131,7 @@ def test_bulk_reprocess_from_the_failed_queue_previews_then_applies(monkeypatch)
     assert (
         f"#{receipt.pk}" in listing.content.decode() or str(receipt.pk) in listing.content.decode()
     )
-    assert "ES101325WZY2 ?" in listing.content.decode()  # named in the body, not linked
+    assert f">{escrow.escrow_id}</a>" in listing.content.decode()  # linked to its escrow
 
     preview = finance.post(url, {"action": "reprocess_selected", "_selected_action": [receipt.pk]})
     assert preview.status_code == 200

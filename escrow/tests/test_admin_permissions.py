@@ -28,7 +28,8 @@ from wallets.models import Customer
 
 S = EscrowStatus
 
-# Every staff action that moves money or changes a status, with a POST that would do it.
+# Every staff action that moves money or changes a status, with a POST that would do it
+# (and acknowledging a flagged delivery, which moves none but is Finance's call).
 MONEY_ACTIONS = [
     ("escrow_escrow", "confirm-payment", {"tx_hash": "tx-1", "usd_amount": "101.00"}),
     ("escrow_escrow", "extend-deadline", {"deadline": "expires_at", "until": "2099-01-01T00:00"}),
@@ -39,6 +40,7 @@ MONEY_ACTIONS = [
     ("payments_webhookreceipt", "reprocess", {}),
     ("payments_webhookreceipt", "attach", {"escrow_id": "ES101325WZY2"}),
     ("payments_webhookreceipt", "credit", {"customer_id": "5590563715"}),
+    ("payments_webhookreceipt", "acknowledge", {}),
     ("wallets_customer", "adjust", {"amount": "5.00", "idempotency_key": "k1"}),
     ("wallets_account", "adjust", {"amount": "5.00", "idempotency_key": "k2"}),
     ("wallets_adjustmentrequest", "approve", {}),
