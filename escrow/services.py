@@ -80,6 +80,7 @@ class PaymentOutcome:
     transfers: list[Transfer] = field(default_factory=list)
     excess: Decimal = Decimal("0.00")
     shortfall: Decimal = Decimal("0.00")
+    status_before: str = ""
 
 
 def new_escrow_id(*, now: datetime | None = None) -> str:
@@ -208,11 +209,15 @@ def _holding(escrow: Escrow) -> EscrowHolding:
 
 
 def _open_holding(escrow: Escrow) -> EscrowHolding:
-    """The escrow's holding, created with its ledger account on the first payment."""
-    account = ledger.open_holding_account(escrow_id=escrow.pk, currency=escrow.currency)
-    holding, _ = EscrowHolding.objects.select_related("account").get_or_create(
-        escrow=escrow, defaults={"account": account}
-    )
+    """The escrow's holding, created with its ledger account on the first payment.
+
+    The caller holds the escrow's row lock, so nobody else can be creating this holding:
+    plain INSERTs are enough (no get_or_create savepoints on the payment path).
+    """
+    holding = EscrowHolding.objects.select_related("account").filter(escrow=escrow).first()
+    if holding is None:
+        account = ledger.open_holding_account(escrow_id=escrow.pk, currency=escrow.currency)
+        holding = EscrowHolding.objects.create(escrow=escrow, account=account)
     return holding
 
 
@@ -361,18 +366,25 @@ def confirm_payment(
     key = f"{payment.provider}:{payment.tx_id}"
     with transaction.atomic():
         escrow = lock_escrow(escrow_id=escrow_id)
-        previous = _previous_application(escrow, payment, key, amount)
-        if previous is not None:
-            return previous
-        clearing = ledger.clearing_account(provider=payment.provider, currency=escrow.currency)
-        if escrow.status not in AWAITING_PAYMENT:
-            return _credit_late_payment(escrow, payment, amount, clearing, key, now, actor_id)
-        if escrow.status == S.CREATED:
-            # Money never waits on a missed step: move on to payment_pending first.
-            _set_status(escrow, S.PAYMENT_PENDING, now=now, source=source, actor_id=actor_id)
-        return _apply_to_holding(
-            escrow, payment, amount, clearing, key, now, source, actor_id, reason
-        )
+        status_before = escrow.status
+        outcome = _previous_application(escrow, payment, key, amount)
+        if outcome is None:
+            clearing = ledger.clearing_account(provider=payment.provider, currency=escrow.currency)
+            if escrow.status not in AWAITING_PAYMENT:
+                outcome = _credit_late_payment(
+                    escrow, payment, amount, clearing, key, now, actor_id
+                )
+            else:
+                if escrow.status == S.CREATED:
+                    # Money never waits on a missed step: move on to payment_pending first.
+                    _set_status(
+                        escrow, S.PAYMENT_PENDING, now=now, source=source, actor_id=actor_id
+                    )
+                outcome = _apply_to_holding(
+                    escrow, payment, amount, clearing, key, now, source, actor_id, reason
+                )
+        outcome.status_before = status_before
+        return outcome
 
 
 def _previous_application(

@@ -23,7 +23,7 @@ from django.utils import timezone
 from escrow import services as escrow_services
 from escrow.audit import record_staff_action
 from escrow.models import Escrow
-from escrowsite.errors import ApplicationError
+from escrowsite.errors import ApplicationError, NotFound
 from payments.models import FINAL_OUTCOMES, Outcome, PaymentEvent, WebhookReceipt
 from payments.parsing import (
     PROVIDER,
@@ -199,24 +199,25 @@ def _apply_confirmed(
     source: str,
     actor_id: int | None,
 ) -> None:
-    escrow = (
-        Escrow.objects.filter(escrow_id=note.escrow_ref).only("pk", "status").first()
-        if note.escrow_ref
-        else None
-    )
-    if escrow is None:
+    if not note.escrow_ref:
         _park_in_suspense(receipt, note, result, actor_id)
         return
-    receipt.escrow_id = escrow.pk
+    try:
+        outcome = escrow_services.confirm_payment(
+            escrow_id=note.escrow_ref,
+            payment=note.to_incoming_payment(),
+            source=source,
+            actor_id=actor_id,
+            reason=f"webhook receipt #{receipt.pk}",
+        )
+    except NotFound:
+        # No such escrow (the service's savepoint undid nothing yet written): the money
+        # is kept in suspense for staff, never dropped.
+        _park_in_suspense(receipt, note, result, actor_id)
+        return
+    receipt.escrow_id = outcome.escrow.pk
     result.escrow_id = note.escrow_ref
-    result.status_before = escrow.status
-    outcome = escrow_services.confirm_payment(
-        escrow_id=note.escrow_ref,
-        payment=note.to_incoming_payment(),
-        source=source,
-        actor_id=actor_id,
-        reason=f"webhook receipt #{receipt.pk}",
-    )
+    result.status_before = outcome.status_before
     result.status_after = outcome.escrow.status
     result.outcome = Outcome.APPLIED
     result.transfers = [_describe(t) for t in outcome.transfers]

@@ -67,13 +67,16 @@ def _get_or_create(lookup: dict, defaults: dict | None = None) -> Account:
 
 
 def customer_wallet(*, customer: Customer | int, currency: str = USD) -> Account:
-    """The customer's wallet in `currency`, created empty on first use."""
+    """The customer's wallet in `currency`, created empty (with the customer, if need be)
+    on first use. An existing wallet costs one query: this is on every payment's path."""
     customer_id = customer if isinstance(customer, int) else customer.pk
+    lookup = {"kind": AccountKind.CUSTOMER, "customer_id": customer_id, "currency": currency}
+    wallet = Account.objects.filter(**lookup).first()
+    if wallet is not None:
+        return wallet
     if not isinstance(customer, Customer):
         Customer.objects.get_or_create(telegram_id=customer_id)
-    return _get_or_create(
-        {"kind": AccountKind.CUSTOMER, "customer_id": customer_id, "currency": currency}
-    )
+    return _get_or_create(lookup)
 
 
 def system_account(*, kind: str, currency: str = USD) -> Account:
@@ -91,10 +94,15 @@ def clearing_account(*, provider: str, currency: str = USD) -> Account:
 
 
 def open_holding_account(*, escrow_id: int, currency: str = USD) -> Account:
-    """The escrow's own holding account (one per escrow, created on first payment)."""
-    return _get_or_create(
-        {"kind": AccountKind.ESCROW_HOLDING, "escrow_id": escrow_id}, {"currency": currency}
-    )
+    """The escrow's own holding account (one per escrow, created on first payment).
+
+    Call it under the escrow's row lock: then nobody else can be creating it, and a plain
+    INSERT does (without it, a race ends in a visible unique-constraint error, never in
+    two accounts).
+    """
+    lookup = {"kind": AccountKind.ESCROW_HOLDING, "escrow_id": escrow_id}
+    account = Account.objects.filter(**lookup).first()
+    return account or Account.objects.create(**lookup, currency=currency)
 
 
 def lock_accounts(account_ids: Sequence[int]) -> dict[int, Account]:
@@ -113,6 +121,20 @@ def lock_accounts(account_ids: Sequence[int]) -> dict[int, Account]:
             locked.setdefault(a.pk, a)
         return locked
     return {a.pk: a for a in ordered}
+
+
+def _lock_for_posting(given: Sequence[Account]) -> dict[int, Account]:
+    """Fresh, row-locked copies of the guarded accounts (their balances are checked);
+    system accounts as given: their balances are never read here and their rows are
+    locked by the balance UPDATE at the end. An account's kind never changes."""
+    by_id = {a.pk: a for a in given}
+    guarded = sorted(pk for pk, a in by_id.items() if a.kind in NON_NEGATIVE_KINDS)
+    if guarded:
+        by_id.update(
+            (a.pk, a)
+            for a in Account.objects.select_for_update().filter(pk__in=guarded).order_by("pk")
+        )
+    return by_id
 
 
 # --- deferred system balances ---------------------------------------------------------
@@ -232,7 +254,7 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
         raise LedgerError("idempotency keys repeat within one posting")
 
     with transaction.atomic(savepoint=False):
-        accounts = lock_accounts([a.pk for leg in legs for a in (leg.debit, leg.credit)])
+        accounts = _lock_for_posting([a for leg in legs for a in (leg.debit, leg.credit)])
         # Read after locking, so a concurrent post of the same key has committed by now.
         existing = {
             t.idempotency_key: t
