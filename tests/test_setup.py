@@ -1,5 +1,6 @@
 """The project set-up: the `make run` demo seed and the migrations being up to date."""
 
+import json
 from decimal import Decimal
 from io import StringIO
 
@@ -134,3 +135,13 @@ def test_no_model_change_lacks_a_migration():
         call_command("makemigrations", "--check", "--dry-run", stdout=out, stderr=out)
     except SystemExit:
         pytest.fail(f"models changed without a migration:\n{out.getvalue()}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_integrity_checker_finds_nothing_wrong_with_the_demo(tmp_path):
+    seed(tmp_path)
+    out = StringIO()
+    call_command("wallets_check", "--json", stdout=out)  # raises on a failed check
+    report = json.loads(out.getvalue())
+    failed = [c["name"] for c in report["checks"] if c["status"] not in ("ok", "warning")]
+    assert failed == []
