@@ -145,6 +145,10 @@ DYNOPAY_API_KEY = env.str("DYNOPAY_API_KEY", default="")
 DYNOPAY_TIMEOUT_SECONDS = env.float("DYNOPAY_TIMEOUT_SECONDS", default=10.0)
 WEBHOOK_MAX_BODY_BYTES = env.int("WEBHOOK_MAX_BODY_BYTES", default=256 * 1024)
 
+# --- Maintenance ---------------------------------------------------------------------
+# wallets_check reports signed receipts without a final outcome once they are this old.
+WALLETS_CHECK_STALE_AFTER = env.str("WALLETS_CHECK_STALE_AFTER", default="5m")
+
 # --- Notifications (outbox) -------------------------------------------------------------
 NOTIFICATIONS_BOT_WEBHOOK_URL = env.str("NOTIFICATIONS_BOT_WEBHOOK_URL", default="")
 NOTIFICATIONS_BOT_WEBHOOK_SECRET = env.str("NOTIFICATIONS_BOT_WEBHOOK_SECRET", default="")

@@ -41,7 +41,7 @@ class Command(BaseCommand):
             default=None,
             help=(
                 "Age after which a signed receipt still 'received' counts as stuck "
-                "(default WALLETS_CHECK_STALE_AFTER, else 5m)."
+                "(default: the WALLETS_CHECK_STALE_AFTER setting, 5m)."
             ),
         )
         parser.add_argument(
@@ -62,7 +62,7 @@ class Command(BaseCommand):
             checks = integrity.select_checks(names)
         except integrity.UnknownCheck as exc:
             fail(str(exc), EXIT_USAGE)
-        stale_text = options["stale_after"] or getattr(settings, "WALLETS_CHECK_STALE_AFTER", "5m")
+        stale_text = options["stale_after"] or settings.WALLETS_CHECK_STALE_AFTER
         try:
             stale_after = parse_duration(stale_text)
         except CommandError as exc:
