@@ -162,7 +162,9 @@ def _amount(data: dict[str, Any], name: str, *, required: bool) -> Decimal | Non
         raise MalformedPayload(f"{name} must be positive, got {value}")
     if amount >= MAX_AMOUNT:
         raise MalformedPayload(f"{name} is implausibly large: {value}")
-    if amount and amount.normalize().as_tuple().exponent < -MAX_PLACES:
+    if not amount:
+        return Decimal(0)  # also turns 0E-99999 into a zero the database can store
+    if amount.normalize().as_tuple().exponent < -MAX_PLACES:
         raise MalformedPayload(f"{name} has more than {MAX_PLACES} decimal places: {value}")
     return amount
 

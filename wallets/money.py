@@ -24,6 +24,9 @@ def parse_decimal(value: object) -> Decimal:
     if isinstance(value, (int, Decimal)):
         result = Decimal(value)
     elif isinstance(value, str):
+        if not value.isascii():
+            # Decimal() also reads other scripts' digits ("١٠١" is 101): money is ASCII.
+            raise ValueError(f"not a decimal: {value!r}")
         try:
             result = Decimal(value.strip())
         except InvalidOperation:
