@@ -15,10 +15,11 @@ here, and a split would silently move those names out from under them.
 import re
 import secrets
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -28,7 +29,7 @@ from escrow.fees import compute_fees, payment_tolerance
 from escrow.models import Escrow, EscrowHolding, EscrowStatus, FeeSplit, HoldingStatus, StatusChange
 from escrow.transitions import AWAITING_PAYMENT, check_transition
 from escrowsite.errors import ApplicationError, IllegalTransition, NotFound
-from notifications.services import enqueue_notification
+from notifications.services import enqueue_notification, enqueue_notifications
 from wallets import ledger
 from wallets.models import (
     Account,
@@ -182,13 +183,19 @@ def _record(
 
 def _notify(escrow: Escrow, event: str, recipient_id: int, **payload: object) -> None:
     """One outbox row per party and event: written now, delivered after commit."""
+    enqueue_notification(**_notification(escrow, event, recipient_id, **payload))
+
+
+def _notification(
+    escrow: Escrow, event: str, recipient_id: int, **payload: object
+) -> dict[str, Any]:
     role = "buyer" if recipient_id == escrow.buyer_id else "seller"
-    enqueue_notification(
-        event=event,
-        recipient_id=recipient_id,
-        escrow_id=escrow.pk,
-        key=f"{escrow.escrow_id}:{event}:{role}",
-        payload={
+    return {
+        "event": event,
+        "recipient_id": recipient_id,
+        "escrow_id": escrow.pk,
+        "key": f"{escrow.escrow_id}:{event}:{role}",
+        "payload": {
             "event": event,
             "escrow_id": escrow.escrow_id,
             "status": escrow.status,
@@ -196,7 +203,7 @@ def _notify(escrow: Escrow, event: str, recipient_id: int, **payload: object) ->
             "role": role,
             **{k: str(v) for k, v in payload.items()},
         },
-    )
+    }
 
 
 def _holding(escrow: Escrow) -> EscrowHolding:
@@ -911,6 +918,46 @@ def _close_unpaid(
         escrow.save(update_fields=["status", "status_changed_at", "expires_at"])
         _notify(escrow, to_status, escrow.buyer_id)
     return escrow
+
+
+def close_unpaid_batch(
+    *,
+    escrow_pks: Sequence[int],
+    to_status: str,
+    now: datetime,
+    source: str,
+    reason: str = "",
+) -> list[Escrow]:
+    """cancel_escrow / expire_escrow for many escrows at once, with the same effects
+    (status, history row, cleared expiry, the buyer's notification) in a few set-based
+    statements: the sweep's fast path for escrows that hold no money.
+
+    The caller has row-locked every escrow in this transaction and re-checked under the
+    lock that it is still due and holds no money; this re-checks the transition table
+    and the expiry time, and refuses the whole batch if any fails them.
+    """
+    escrows = list(Escrow.objects.filter(pk__in=escrow_pks).order_by("pk"))
+    for escrow in escrows:
+        check_transition(escrow_id=escrow.escrow_id, from_status=escrow.status, to_status=to_status)
+        if to_status == S.EXPIRED and (escrow.expires_at is None or escrow.expires_at > now):
+            raise ApplicationError(f"Escrow {escrow.escrow_id}'s payment window is still open.")
+    StatusChange.objects.bulk_create(
+        StatusChange(
+            escrow=escrow,
+            from_status=escrow.status,
+            to_status=to_status,
+            source=source,
+            reason=reason,
+        )
+        for escrow in escrows
+    )
+    Escrow.objects.filter(pk__in=[e.pk for e in escrows]).update(
+        status=to_status, status_changed_at=now, expires_at=None
+    )
+    for escrow in escrows:
+        escrow.status, escrow.status_changed_at, escrow.expires_at = to_status, now, None
+    enqueue_notifications([_notification(e, to_status, e.buyer_id) for e in escrows])
+    return escrows
 
 
 # --- disputes -------------------------------------------------------------------------

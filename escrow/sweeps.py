@@ -296,9 +296,10 @@ def _claim_sql(rule: Rule, *, lock: bool) -> str:
                        OR position(convert_to(e.escrow_id, 'UTF8') IN r.body) > 0)
             ) AS payment_in_flight"""
     return f"""
-        SELECT e.escrow_id, e.status, e.{rule.deadline}, now() AS db_now{guards}
+        SELECT e.id, e.escrow_id, e.status, e.{rule.deadline}, now() AS db_now{guards}
         FROM {escrow} e
-        WHERE e.id = %(pk)s AND e.status = %(status)s AND e.{rule.deadline} <= now()
+        WHERE e.id = ANY(%(pks)s) AND e.status = %(status)s AND e.{rule.deadline} <= now()
+        ORDER BY e.id
         {"FOR UPDATE OF e SKIP LOCKED" if lock else ""}
     """
 
@@ -306,6 +307,9 @@ def _claim_sql(rule: Rule, *, lock: bool) -> str:
 _CLAIM_SQL: dict[tuple[str, bool], str] = {
     (rule.status, lock): _claim_sql(rule, lock=lock) for rule in RULES for lock in (True, False)
 }
+# Rules whose escrows hold no money: they may be closed many per transaction.
+BATCH_ACTIONS = frozenset({"cancel", "expire"})
+BATCH_SIZE = 200
 
 
 def _warn_at(warning: DeadlineWarning) -> Greatest:
@@ -407,21 +411,80 @@ def sweep_escrow(*, escrow_pk: int, expected_status: str, dry_run: bool = False)
 
 
 def _claim(rule: Rule, escrow_pk: int, *, lock: bool) -> dict[str, Any] | None:
+    rows = _claim_many(rule, [escrow_pk], lock=lock)
+    return rows[0] if rows else None
+
+
+def _claim_many(rule: Rule, escrow_pks: Sequence[int], *, lock: bool) -> list[dict[str, Any]]:
+    """The escrows among `escrow_pks` still due under `rule`, locked unless a dry run
+    (skipping any another sweep holds), with their payment guards."""
     params = {
-        "pk": escrow_pk,
+        "pks": list(escrow_pks),
         "status": rule.status,
         "holding": AccountKind.ESCROW_HOLDING.value,
         "retryable": [str(outcome) for outcome in RETRYABLE_OUTCOMES],
     }
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM_SQL[rule.status, lock], params)
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return dict(zip([column.name for column in cursor.description], row, strict=True))
+        names = [column.name for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _decide(rule: Rule, escrow_pk: int, row: dict[str, Any] | None, *, dry_run: bool) -> ItemResult:
+def sweep_unpaid_batch(rule: Rule, candidates: Sequence[Candidate]) -> list[ItemResult]:
+    """Close a batch of overdue unpaid escrows in one durable transaction.
+
+    The same guarantees as one item at a time: every row is locked (SKIP LOCKED) and
+    re-checked under the lock — still in its status, past its deadline on the database
+    clock, no money held, no payment delivery in flight — and only those are closed, by
+    escrow.services.close_unpaid_batch. The others are reported skipped or held.
+    """
+    with transaction.atomic(durable=True):
+        rows = _claim_many(rule, [c.pk for c in candidates], lock=True)
+        closable = [r for r in rows if not r["money_held"] and not r["payment_in_flight"]]
+        if closable:
+            services.close_unpaid_batch(
+                escrow_pks=[r["id"] for r in closable],
+                to_status=rule.to_status,
+                now=closable[0]["db_now"],
+                source=SOURCE,
+                reason=rule.reason,
+            )
+    claimed = {row["id"]: row for row in rows}
+    return [_decide(rule, c.pk, claimed.get(c.pk), dry_run=False, applied=True) for c in candidates]
+
+
+def _batched(tasks: Sequence[Candidate]) -> Iterator[ItemResult]:
+    """The batch path; a batch that fails is handled again one item at a time, so one
+    bad escrow costs only its own failure and never stops the others."""
+    for rule in RULES:
+        if rule.action not in BATCH_ACTIONS:
+            continue
+        mine = [c for c in tasks if c.status == rule.status]
+        for start in range(0, len(mine), BATCH_SIZE):
+            batch = mine[start : start + BATCH_SIZE]
+            try:
+                results = sweep_unpaid_batch(rule, batch)
+            except Exception as exc:  # noqa: BLE001 - logged; every item is then retried alone
+                logger.warning(
+                    "escrow_sweep: a batch of %d %s escrows failed (%s); one at a time",
+                    len(batch),
+                    rule.action,
+                    exc,
+                )
+                results = [run_item(candidate) for candidate in batch]
+            yield from results
+
+
+def _decide(
+    rule: Rule,
+    escrow_pk: int,
+    row: dict[str, Any] | None,
+    *,
+    dry_run: bool,
+    applied: bool = False,
+) -> ItemResult:
+    """The result for one claimed escrow; calls the service unless `dry_run` or the
+    service was already `applied` to it (the batch path)."""
     if row is None:
         escrow_id = Escrow.objects.filter(pk=escrow_pk).values_list("escrow_id", flat=True).first()
         return ItemResult(
@@ -453,7 +516,7 @@ def _decide(rule: Rule, escrow_pk: int, row: dict[str, Any] | None, *, dry_run: 
             "a signed payment delivery for it is unprocessed or failed; not closed until "
             "payments_retry has applied it"
         )
-    elif not dry_run:
+    elif not dry_run and not applied:
         escrow = _apply(rule, escrow_id=row["escrow_id"], now=row["db_now"])
         result.to_status = escrow.status
     if result.outcome == Result.HELD and not dry_run:
@@ -629,7 +692,19 @@ def run_sweep(
     """
     report = SweepReport(started_at=db_now(), dry_run=dry_run)
     tasks = plan_sweep(limit=limit, warnings=warnings)
-    for result in wrap(_handled(tasks, dry_run=dry_run, workers=workers), len(tasks)):
+    batchable = [
+        c
+        for c in tasks
+        if not dry_run and not c.is_warning and RULE_FOR_STATUS[c.status].action in BATCH_ACTIONS
+    ]
+    taken = {id(c) for c in batchable}
+    rest = [c for c in tasks if id(c) not in taken]
+
+    def results() -> Iterator[ItemResult]:
+        yield from _batched(batchable)
+        yield from _handled(rest, dry_run=dry_run, workers=workers)
+
+    for result in wrap(results(), len(tasks)):
         report.items.append(result)
         if on_result is not None:
             on_result(result)

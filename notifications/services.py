@@ -34,23 +34,42 @@ def enqueue_notification(
     scheduled after commit, so a rolled-back change never sends anything. Returns the
     rows as built: PostgreSQL gives no ids back for ON CONFLICT DO NOTHING.
     """
+    return enqueue_notifications(
+        [
+            {
+                "event": event,
+                "recipient_id": recipient_id,
+                "escrow_id": escrow_id,
+                "key": key,
+                "payload": payload,
+            }
+        ]
+    )
+
+
+def enqueue_notifications(items: list[dict[str, Any]]) -> list[Notification]:
+    """enqueue_notification for many messages in one INSERT (bulk paths such as the
+    sweep); each item has the keyword arguments of enqueue_notification."""
     now = timezone.now()
+    channels = enabled_channels()
     rows = [
         Notification(
-            key=f"{key}:{channel}",
-            event=event,
+            key=f"{item['key']}:{channel}",
+            event=item["event"],
             channel=channel,
-            customer_id=recipient_id,
-            escrow_id=escrow_id,
-            payload=payload,
+            customer_id=item["recipient_id"],
+            escrow_id=item["escrow_id"],
+            payload=item["payload"],
             next_attempt_at=now,
         )
-        for channel in enabled_channels()
+        for item in items
+        for channel in channels
     ]
     # ON CONFLICT DO NOTHING: the unique key makes a repeated event a no-op, never a
     # second message and never an error that could roll back the money transaction.
     Notification.objects.bulk_create(rows, ignore_conflicts=True)
-    _dispatch_after_this_commit()
+    if rows:
+        _dispatch_after_this_commit()
     return rows
 
 

@@ -575,8 +575,19 @@ def test_a_failing_item_does_not_stop_the_others_and_the_exit_code_says_so(monke
             raise RuntimeError("disk full")  # after its writes: they must roll back
         return result
 
+    real_batch = services.close_unpaid_batch
+
+    def close_batch(*, escrow_pks, **kwargs):
+        result = real_batch(escrow_pks=escrow_pks, **kwargs)
+        if escrows[1].pk in escrow_pks:
+            raise RuntimeError("disk full")  # the whole batch rolls back...
+        return result
+
     monkeypatch.setattr(services, "expire_escrow", expire)
+    monkeypatch.setattr(services, "close_unpaid_batch", close_batch)
     report, code = sweep("--no-warnings")
+    # ...and is handled again one escrow at a time: only the broken one fails.
+    assert any("one at a time" in r.getMessage() for r in caplog.records)
     assert code == 1
     outcomes = {i["escrow_id"]: i for i in report["items"]}
     assert outcomes[broken]["outcome"] == "failed"
@@ -628,3 +639,37 @@ def test_warning_keys_name_escrow_deadline_and_recipient():
         )
         == "ES101325WZY2:auto_release_warning:20251014T090001.000005Z:buyer"
     )
+
+
+@pytest.mark.django_db
+def test_the_batch_path_closes_many_with_history_and_notifications_and_holds_the_unsafe():
+    from notifications.models import Notification
+
+    due = [overdue(make_escrow()) for _ in range(5)]
+    with_money = overdue(make_escrow())
+    from wallets import ledger
+    from wallets.models import TransferKind
+
+    account = ledger.open_holding_account(escrow_id=with_money.pk)
+    ledger.post_transfer(
+        debit=ledger.clearing_account(provider="dynopay"),
+        credit=account,
+        amount=Decimal("1.00"),
+        kind=TransferKind.ESCROW_PAYMENT,
+        idempotency_key="odd",
+    )
+    report, code = sweep("--no-warnings")
+    assert code == 2  # one held for a human
+    outcomes = {i["escrow_id"]: i["outcome"] for i in report["items"]}
+    assert [outcomes[e.escrow_id] for e in due] == ["done"] * 5
+    assert outcomes[with_money.escrow_id] == "held"
+    for escrow in due:
+        escrow.refresh_from_db()
+        assert escrow.status == S.EXPIRED and escrow.expires_at is None
+        assert (
+            StatusChange.objects.filter(escrow=escrow, to_status=S.EXPIRED, source="sweep").count()
+            == 1
+        )
+        assert Notification.objects.filter(escrow=escrow, event=S.EXPIRED).exists()
+    with_money.refresh_from_db()
+    assert with_money.status == S.PAYMENT_PENDING
