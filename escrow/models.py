@@ -29,9 +29,7 @@ class FeeSplit(models.TextChoices):
 
 
 def _money(**kwargs: object) -> models.DecimalField:
-    return models.DecimalField(
-        max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, **kwargs
-    )
+    return models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, **kwargs)
 
 
 class Escrow(models.Model):
@@ -109,6 +107,16 @@ class Escrow(models.Model):
             models.Index(fields=["payment_confirmed_at"], name="escrow_paid_idx"),
             models.Index(fields=["deposit_tx_hash"], name="escrow_tx_hash_idx"),
             models.Index(fields=["provider_payment_id"], name="escrow_provider_pid_idx"),
+            # The back-office list: each status filter in its full default order (newest
+            # first, then -pk: with the tie-breaker in the index no sort is needed at all),
+            # the provider filter, and the "past a deadline" queue (delivery_deadline stays
+            # set once an escrow closes, so the status must lead).
+            models.Index(fields=["status", "created_at", "id"], name="escrow_status_created_idx"),
+            models.Index(
+                fields=["provider", "created_at", "id"], name="escrow_provider_created_idx"
+            ),
+            models.Index(fields=["status", "delivery_deadline"], name="escrow_status_delivery_idx"),
+            models.Index(fields=["status", "auto_release_at"], name="escrow_status_release_idx"),
         ]
 
     def __str__(self) -> str:
@@ -149,6 +157,7 @@ class EscrowHolding(models.Model):
                 name="holding_resolved_at_matches_status",
             ),
         ]
+        indexes = [models.Index(fields=["status", "id"], name="holding_status_idx")]
 
     def __str__(self) -> str:
         return f"holding of {self.escrow.escrow_id} ({self.status})"
@@ -164,11 +173,18 @@ class StatusChange(models.Model):
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    source = models.CharField(max_length=64, help_text="What caused it: webhook, sweep, staff, bot.")
+    source = models.CharField(
+        max_length=64, help_text="What caused it: webhook, sweep, staff, bot."
+    )
     reason = models.TextField(blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["escrow", "at"], name="status_change_escrow_idx")]
+        indexes = [
+            models.Index(fields=["escrow", "at"], name="status_change_escrow_idx"),
+            # The back-office history list, newest first, and its to-status filter.
+            models.Index(fields=["at", "id"], name="status_change_at_idx"),
+            models.Index(fields=["to_status", "at", "id"], name="status_change_to_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.escrow_id}: {self.from_status} -> {self.to_status}"

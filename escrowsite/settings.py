@@ -70,9 +70,7 @@ WSGI_APPLICATION = "escrowsite.wsgi.application"
 # embedded default so that `make run` works on a machine with nothing installed.
 (BASE_DIR / "var").mkdir(exist_ok=True)
 DATABASES = {
-    "default": env.db(
-        "DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'escrow.sqlite3'}"
-    )
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'escrow.sqlite3'}")
 }
 # ATOMIC_REQUESTS stays off: the webhook path needs its own, durable transactions.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
@@ -107,9 +105,7 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-EMAIL_BACKEND = env.str(
-    "EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend"
-)
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="escrow@localhost")
 
 # --- Escrow business settings -------------------------------------------------------
@@ -135,9 +131,7 @@ WALLET_ADJUSTMENT_APPROVAL_THRESHOLD = env.get_value(
 # --- Payments -------------------------------------------------------------------------
 # An underpayment of at most max(floor, percent of total due) still confirms the escrow.
 PAYMENT_TOLERANCE_USD = env.get_value("PAYMENT_TOLERANCE_USD", cast=Decimal, default="1.00")
-PAYMENT_TOLERANCE_PERCENT = env.get_value(
-    "PAYMENT_TOLERANCE_PERCENT", cast=Decimal, default="1"
-)
+PAYMENT_TOLERANCE_PERCENT = env.get_value("PAYMENT_TOLERANCE_PERCENT", cast=Decimal, default="1")
 # Comma-separated: several secrets are accepted during a rotation.
 DYNOPAY_WEBHOOK_SECRET = env.list("DYNOPAY_WEBHOOK_SECRET", default=[])
 DYNOPAY_API_BASE_URL = env.str("DYNOPAY_API_BASE_URL", default="http://127.0.0.1:8765")

@@ -25,14 +25,17 @@ def pay_in(amount: str, key: str) -> None:
 def test_system_balance_changes_are_the_last_statements_and_add_up():
     clearing = ledger.clearing_account(provider="dynopay")
     wallet = ledger.customer_wallet(customer=77)
-    with CaptureQueriesContext(connection) as queries:
-        with transaction.atomic(), ledger.deferred_system_balances():
-            pay_in("10.00", "k1")
-            pay_in("2.50", "k2")
-            # The wallet moved at once (its non-negative check needs the real balance)...
-            assert Account.objects.get(pk=wallet.pk).balance == Decimal("12.50")
-            # ...the clearing account not yet.
-            assert Account.objects.get(pk=clearing.pk).balance == 0
+    with (
+        CaptureQueriesContext(connection) as queries,
+        transaction.atomic(),
+        ledger.deferred_system_balances(),
+    ):
+        pay_in("10.00", "k1")
+        pay_in("2.50", "k2")
+        # The wallet moved at once (its non-negative check needs the real balance)...
+        assert Account.objects.get(pk=wallet.pk).balance == Decimal("12.50")
+        # ...the clearing account not yet.
+        assert Account.objects.get(pk=clearing.pk).balance == 0
     last = [
         q["sql"]
         for q in queries.captured_queries
