@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -25,6 +26,7 @@ from escrowsite.admin import (
     ReadOnlyAdmin,
     ReasonForm,
     as_int,
+    escrow_pks,
     perm,
 )
 from payments import staff as payments_staff
@@ -400,15 +402,18 @@ class EscrowAdmin(ObjectActionsMixin, ExactSearchMixin, ReadOnlyAdmin):
     sections_template = "admin/escrow/escrow/timeline.html"
 
     def search_q(self, term: str) -> Q:
+        # The escrows of matching transaction records are looked up first: a subquery in
+        # one branch of the OR would make PostgreSQL scan every escrow (see escrow_pks).
+        paid_by = list(
+            Transaction.objects.filter(external_tx_id=term, escrow__isnull=False)
+            .values_list("escrow_id", flat=True)
+            .distinct()[:100]
+        )
         q = (
             Q(escrow_id=term.upper())
             | Q(deposit_tx_hash=term)
             | Q(provider_payment_id=term)
-            | Q(
-                pk__in=Transaction.objects.filter(external_tx_id=term, escrow__isnull=False).values(
-                    "escrow_id"
-                )
-            )
+            | Q(pk__in=paid_by)
         )
         if (customer := as_int(term)) is not None:
             q |= Q(buyer_id=customer) | Q(seller_id=customer)
@@ -483,7 +488,8 @@ class StaffActionAdmin(ExactSearchMixin, ReadOnlyAdmin):
     fields = ("at", "actor", "action", "reason", "escrow", "target", "changes_pretty")
 
     def search_q(self, term: str) -> Q:
-        return Q(escrow__escrow_id=term.upper()) | Q(target=term) | Q(actor__username=term)
+        staff = get_user_model().objects.filter(username=term).values_list("pk", flat=True)
+        return Q(escrow_id__in=escrow_pks(term)) | Q(target=term) | Q(actor_id__in=list(staff))
 
     @admin.display(description="changes")
     def changes_pretty(self, action: StaffAction) -> str:

@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from escrow.admin_queues import failing_notifications
-from escrowsite.admin import ExactSearchMixin, ReadOnlyAdmin, perm
+from escrowsite.admin import ExactSearchMixin, ReadOnlyAdmin, escrow_pks, perm
 from notifications import services
 from notifications.models import Notification
 
@@ -52,7 +52,7 @@ class NotificationAdmin(ExactSearchMixin, ReadOnlyAdmin):
     actions = ["retry_now"]
 
     def search_q(self, term: str) -> Q:
-        q = Q(key=term) | Q(escrow__escrow_id=term.upper())
+        q = Q(key=term) | Q(escrow_id__in=escrow_pks(term))
         if term.isdigit() and len(term) < 19:
             q |= Q(customer_id=int(term))
         return q

@@ -74,6 +74,10 @@ class Notification(models.Model):
                 condition=Q(status__in=["pending", "failed"]),
                 name="notification_due_idx",
             ),
+            # The back-office outbox list (newest first), its status filter and its
+            # "failing" queue (failed or dead).
+            models.Index(fields=["created_at", "id"], name="notification_created_idx"),
+            models.Index(fields=["status", "created_at", "id"], name="notification_status_idx"),
         ]
 
     def __str__(self) -> str:

@@ -35,6 +35,7 @@ from escrowsite.admin import (
 from escrowsite.errors import ApplicationError
 from payments import services, staff
 from payments.models import RETRYABLE_OUTCOMES, Outcome, PaymentEvent, WebhookReceipt
+from payments.parsing import PROVIDER
 from wallets.models import Account, Transaction, TransactionType
 
 # A bulk reprocess previews every selected delivery; more than this is a job for
@@ -469,7 +470,6 @@ class WebhookReceiptAdmin(ObjectActionsMixin, ExactSearchMixin, ReadOnlyAdmin):
             },
         )
 
-
     def has_acknowledge_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(perm("acknowledge_receipt"))
 
@@ -477,9 +477,7 @@ class WebhookReceiptAdmin(ObjectActionsMixin, ExactSearchMixin, ReadOnlyAdmin):
         description="Acknowledge selected flagged deliveries (asks for a reason)",
         permissions=["acknowledge"],
     )
-    def acknowledge_selected(
-        self, request: HttpRequest, queryset: QuerySet
-    ) -> HttpResponse | None:
+    def acknowledge_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         receipts = list(
             queryset.filter(flagged=True)
             .select_related("escrow")
@@ -542,7 +540,8 @@ class PaymentEventAdmin(ExactSearchMixin, ReadOnlyAdmin):
     ordering = ("-pk",)
 
     def search_q(self, term: str) -> Q:
-        return Q(tx_id=term)
+        # The provider leads the dedupe key's index; without it the index cannot serve.
+        return Q(provider=PROVIDER, tx_id=term)
 
     @admin.display(description="receipt")
     def receipt_link(self, event: PaymentEvent) -> str:

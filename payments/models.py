@@ -93,6 +93,20 @@ class WebhookReceipt(models.Model):
                 name="receipt_needs_work_idx",
             ),
             models.Index(fields=["provider", "tx_id", "event"], name="receipt_dedupe_key_idx"),
+            # The back-office receipt list: its outcome filter in its default order, the
+            # flagged and unsigned filters and the late/parked queues (flagged rows are a
+            # handful), and search by provider transaction or payment id.
+            models.Index(fields=["outcome", "received_at", "id"], name="receipt_outcome_idx"),
+            models.Index(
+                fields=["received_at", "id"], condition=Q(flagged=True), name="receipt_flagged_idx"
+            ),
+            models.Index(
+                fields=["received_at", "id"],
+                condition=Q(signature_valid=False),
+                name="receipt_unsigned_idx",
+            ),
+            models.Index(fields=["tx_id"], name="receipt_tx_id_idx"),
+            models.Index(fields=["provider_payment_id"], name="receipt_provider_pid_idx"),
         ]
 
     def __str__(self) -> str:

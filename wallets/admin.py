@@ -25,6 +25,7 @@ from escrowsite.admin import (
     ReadOnlyAdmin,
     ReasonForm,
     as_int,
+    escrow_pks,
     perm,
 )
 from wallets import services as wallet_services
@@ -240,7 +241,8 @@ class AccountAdmin(ObjectActionsMixin, ExactSearchMixin, ReadOnlyAdmin):
     sections_template = "admin/wallets/account/ledger.html"
 
     def search_q(self, term: str) -> Q:
-        q = Q(escrow__escrow_id=term.upper()) | Q(provider=term)
+        # Only clearing accounts have a provider: the kind lets an index serve the branch.
+        q = Q(escrow_id__in=escrow_pks(term)) | Q(kind=AccountKind.PROVIDER_CLEARING, provider=term)
         if (number := as_int(term)) is not None:
             q |= Q(customer_id=number) | Q(pk=number)
         return q
@@ -286,7 +288,7 @@ class TransferAdmin(ExactSearchMixin, ReadOnlyAdmin):
     ordering = ("-pk",)
 
     def search_q(self, term: str) -> Q:
-        q = Q(idempotency_key=term) | Q(reference=term) | Q(escrow__escrow_id=term.upper())
+        q = Q(idempotency_key=term) | Q(reference=term) | Q(escrow_id__in=escrow_pks(term))
         if (pk := as_int(term)) is not None:
             q |= Q(pk=pk)
         return q
@@ -325,7 +327,7 @@ class TransactionAdmin(ExactSearchMixin, ReadOnlyAdmin):
     exclude = ("transfers",)
 
     def search_q(self, term: str) -> Q:
-        q = Q(transaction_id=term) | Q(external_tx_id=term) | Q(escrow__escrow_id=term.upper())
+        q = Q(transaction_id=term) | Q(external_tx_id=term) | Q(escrow_id__in=escrow_pks(term))
         if (customer := as_int(term)) is not None:
             q |= Q(customer_id=customer)
         return q

@@ -17,6 +17,13 @@ class Customer(models.Model):
     email = models.EmailField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        # The back-office customer list (newest first) and its search by username.
+        indexes = [
+            models.Index(fields=["username"], name="customer_username_idx"),
+            models.Index(fields=["created_at"], name="customer_created_idx"),
+        ]
+
     def __str__(self) -> str:
         return f"{self.telegram_id}" + (f" (@{self.username})" if self.username else "")
 
@@ -117,7 +124,8 @@ class Account(models.Model):
                 name="account_one_system_account_per_currency",
             ),
         ]
-        indexes = [models.Index(fields=["kind"], name="account_kind_idx")]
+        # By kind, in the back-office list's order (kind, id).
+        indexes = [models.Index(fields=["kind", "id"], name="account_kind_id_idx")]
 
     def __str__(self) -> str:
         if self.kind == AccountKind.CUSTOMER:
@@ -194,6 +202,15 @@ class Transfer(models.Model):
                 condition=Q(kind__in=TransferKind.values), name="transfer_kind_valid"
             ),
         ]
+        indexes = [
+            # An account's history, newest first, one page at a time (wallets.admin's
+            # keyset pagination), whatever the account's size or age.
+            models.Index(fields=["debit_account", "id"], name="transfer_debit_id_idx"),
+            models.Index(fields=["credit_account", "id"], name="transfer_credit_id_idx"),
+            # The back-office ledger list: its kind filter and search by reference.
+            models.Index(fields=["kind", "id"], name="transfer_kind_idx"),
+            models.Index(fields=["reference"], name="transfer_reference_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} {self.amount} {self.currency}"
@@ -267,7 +284,12 @@ class Transaction(models.Model):
                 name="transaction_unique_external_tx_per_type",
             ),
         ]
-        indexes = [models.Index(fields=["external_tx_id"], name="transaction_ext_tx_idx")]
+        indexes = [
+            models.Index(fields=["external_tx_id"], name="transaction_ext_tx_idx"),
+            # The back-office list's type and status filters, in its order (newest first).
+            models.Index(fields=["type", "created_at", "id"], name="transaction_type_idx"),
+            models.Index(fields=["status", "created_at", "id"], name="transaction_status_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.transaction_id

@@ -2,13 +2,16 @@
 
 import uuid
 from decimal import Decimal
+from urllib.parse import urlencode
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from escrow import services as escrow_services
 from escrow.models import Escrow, StaffAction, StatusChange
 from escrow.tests.admin_support import (
+    action_url,
     change_url,
     changelist_url,
     incident_with_failed_delivery,
@@ -40,10 +43,12 @@ CHANGELISTS = [
 
 
 def seed(client, actor, n: int) -> None:
-    """n paid escrows (each through the webhook), n staff actions, n adjustment requests."""
+    """n paid escrows (each through the webhook), n staff actions, n adjustment requests,
+    n late payments flagged for a look."""
     for _ in range(n):
         escrow = make_escrow()
         post(client, payload(escrow_id=escrow.escrow_id, base_amount=str(escrow.total_due + 1)))
+        post(client, payload(escrow_id=escrow.escrow_id, base_amount="3.00"))  # late, flagged
         StaffAction.objects.create(
             actor=actor, action="test", reason="r", escrow=escrow, target="t"
         )
@@ -77,13 +82,26 @@ def test_changelists_do_not_grow_with_rows(client):
     finance_user = staff_user("fiona-finance", "Finance")
     viewer = login(staff_user("viewer", superuser=True))
     seed(client, finance_user, 5)
-    urls = [changelist_url(name) for name in CHANGELISTS] + [
-        changelist_url("escrow_escrow") + "?deliveries=problem",
-        changelist_url("escrow_escrow") + "?deadline=past",
-        changelist_url("payments_webhookreceipt") + "?queue=failed",
-        changelist_url("notifications_notification") + "?queue=failing",
-        "/admin/",
-    ]
+    escrow = Escrow.objects.order_by("pk").first()
+    searches = [escrow.escrow_id, str(escrow.buyer_id), "no-such-tx", "fiona-finance"]
+    urls = (
+        [changelist_url(name) for name in CHANGELISTS]
+        + [
+            f"{changelist_url(name)}?{urlencode({'q': q})}"
+            for name in CHANGELISTS
+            for q in searches
+        ]
+        + [
+            changelist_url("escrow_escrow") + "?deliveries=problem",
+            changelist_url("escrow_escrow") + "?deadline=past",
+            changelist_url("escrow_escrow") + "?status__exact=payment_confirmed",
+            changelist_url("payments_webhookreceipt") + "?queue=failed",
+            changelist_url("payments_webhookreceipt") + "?queue=late",
+            changelist_url("payments_webhookreceipt") + "?flagged__exact=1",
+            changelist_url("notifications_notification") + "?queue=failing",
+            "/admin/",
+        ]
+    )
     [queries(viewer, url) for url in urls]  # warm the per-process caches (content types)
     small = {url: queries(viewer, url) for url in urls}
     seed(client, finance_user, 45)
@@ -142,11 +160,17 @@ def test_record_pages_do_not_grow_with_their_history(client):
     grow(client, escrow, 3)
     wallet = ledger.customer_wallet(customer=escrow.buyer_id)
     clearing = ledger.clearing_account(provider="dynopay")
+    cancelled = make_escrow()
+    escrow_services.cancel_escrow(escrow_id=cancelled.escrow_id)
+    post(client, payload(escrow_id=cancelled.escrow_id, tx_id="tx-late"))
+    late = WebhookReceipt.objects.get(tx_id="tx-late", flagged=True)
     pages = [
         change_url("wallets_customer", escrow.buyer_id),
         change_url("wallets_account", wallet.pk),
         change_url("wallets_account", clearing.pk),
         change_url("payments_webhookreceipt", WebhookReceipt.objects.latest("pk").pk),
+        change_url("payments_webhookreceipt", late.pk),
+        action_url("payments_webhookreceipt", late.pk, "acknowledge"),
     ]
     [queries(viewer, url) for url in pages]  # warm the per-process caches (content types)
     small = [queries(viewer, url) for url in pages]
@@ -184,3 +208,27 @@ def test_a_big_unfiltered_list_is_not_counted_but_estimated(monkeypatch):
         response = viewer.get(changelist_url("escrow_escrow") + "?status__exact=payment_pending")
     assert response.context["cl"].result_count == 3
     assert any("COUNT(" in q["sql"] for q in captured)  # filtered lists are counted exactly
+
+
+@pytest.mark.django_db
+def test_a_big_filtered_list_is_counted_only_up_to_a_cap_then_estimated(monkeypatch):
+    from escrowsite.admin import EstimatedCountPaginator
+
+    viewer = login(staff_user("viewer", superuser=True))
+    for _ in range(4):
+        make_escrow()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE escrow_escrow")
+    url = changelist_url("escrow_escrow") + "?status__exact=payment_pending"
+    assert viewer.get(url).context["cl"].result_count == 4  # under the cap: exact
+
+    monkeypatch.setattr(EstimatedCountPaginator, "EXACT_UP_TO", 2)
+    with CaptureQueriesContext(connection) as captured:
+        response = viewer.get(url)
+    counts = [q["sql"] for q in captured if "COUNT(" in q["sql"]]
+    assert len(counts) == 1 and "LIMIT 3" in counts[0]  # never more than the cap + 1 rows
+    explains = [q["sql"] for q in captured if q["sql"].startswith("EXPLAIN")]
+    assert len(explains) == 1
+    cl = response.context["cl"]
+    assert cl.result_count >= 3  # the planner's estimate, at least "more than the cap"
+    assert len(cl.result_list) == 4
