@@ -288,3 +288,15 @@ def test_support_may_retry_failed_notifications_but_a_viewer_without_the_permiss
     support.post(url, data)
     row.refresh_from_db()
     assert row.status == NotificationStatus.PENDING
+
+
+@pytest.mark.django_db
+def test_a_refused_action_explains_itself_and_changes_nothing(settings):
+    settings.DEBUG = False
+    support = as_support()
+    escrow = escrow_in_status("active")
+    before = snapshot()
+    page = support.post(action_url("escrow_escrow", escrow.pk, "refund"), {"reason": "r"})
+    assert page.status_code == 403
+    assert "Finance" in page.content.decode()
+    assert snapshot() == before
