@@ -92,8 +92,9 @@ class ProcessResult:
 
 
 def clean_headers(headers: dict[str, str]) -> dict[str, str]:
+    # jsonb cannot hold NUL: drop it rather than fail to store the receipt at all.
     return {
-        name: value[:_MAX_HEADER_VALUE]
+        name.replace("\x00", ""): value.replace("\x00", "")[:_MAX_HEADER_VALUE]
         for name, value in headers.items()
         if name.lower() not in _DROPPED_HEADERS
     }

@@ -387,3 +387,15 @@ def test_hostile_bodies_found_by_fuzzing_are_400_not_500(client, name):
     assert response.status_code == 400, response.content
     assert snapshot() == before
     assert WebhookReceipt.objects.get().outcome == Outcome.MALFORMED
+
+
+@pytest.mark.django_db
+def test_a_header_with_a_nul_byte_still_leaves_a_receipt():
+    from payments import services
+
+    receipt = services.store_receipt(
+        body=b"{}", headers={"X-Odd": "a\x00b", "X-DynoPay-Signature": "x"}, remote_ip=None
+    )
+    receipt.refresh_from_db()
+    assert receipt.outcome == Outcome.UNAUTHENTICATED
+    assert receipt.headers["X-Odd"] == "ab"
