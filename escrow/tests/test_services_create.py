@@ -8,6 +8,7 @@ import pytest
 
 from escrow import services
 from escrow.models import Escrow, EscrowStatus, FeeSplit, StatusChange
+from escrow.services import creation
 from escrow.tests.factories import make_escrow
 from escrow.tests.helpers import db_state
 from escrowsite.errors import ApplicationError
@@ -60,7 +61,7 @@ def test_unknown_customers_are_created():
 def test_ids_are_unique_and_a_collision_draws_again(monkeypatch):
     first = make_escrow(now=NOW)
     drawn = iter([first.escrow_id, first.escrow_id, "ES101325AAAA"])
-    monkeypatch.setattr(services, "new_escrow_id", lambda now=None: next(drawn))
+    monkeypatch.setattr(creation, "new_escrow_id", lambda now=None: next(drawn))
     second = make_escrow(now=NOW)
     assert second.escrow_id == "ES101325AAAA"
     assert Escrow.objects.count() == 2

@@ -97,12 +97,12 @@ def test_every_sql_statement_of_the_apply_path_failing_in_turn_leaves_nothing_pa
 
 
 STEPS = [
-    ("escrow.services", "lock_escrow"),
-    ("escrow.services", "_open_holding"),
-    ("escrow.services", "_record"),
-    ("escrow.services", "_set_status"),
-    ("escrow.services", "_notify"),
-    ("escrow.services", "enqueue_notification"),
+    ("escrow.services.payment", "lock_escrow"),
+    ("escrow.services.payment", "_open_holding"),
+    ("escrow.services.payment", "_record"),
+    ("escrow.services.payment", "_set_status"),
+    ("escrow.services.payment", "_notify"),
+    ("escrow.services.common", "enqueue_notification"),
     ("wallets.ledger", "post_transfers"),
     ("wallets.ledger", "customer_wallet"),
     ("wallets.ledger", "clearing_account"),

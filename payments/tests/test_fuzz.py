@@ -16,8 +16,8 @@ from django.test import Client
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from escrow import services as escrow_services
 from escrow.models import Escrow, EscrowHolding, EscrowStatus, StatusChange
+from escrow.services import payment as escrow_payment_services
 from escrow.tests.factories import escrow_in_status
 from escrowsite.errors import ApplicationError
 from notifications.models import Notification
@@ -467,7 +467,7 @@ def test_a_refusal_after_the_money_was_posted_leaves_the_ledger_balanced(refs, m
     def refuse(**kwargs: Any) -> None:
         raise ApplicationError("refused after the transfers were posted")
 
-    monkeypatch.setattr(escrow_services, "_record", refuse)
+    monkeypatch.setattr(escrow_payment_services, "_record", refuse)
     body = render(payload(escrow_id=refs[EscrowStatus.PAYMENT_PENDING], tx_id="tx-no"), refs)
     outcome, _ = check_signed_delivery(client, body, fingerprint())
     assert outcome == "conflict"
