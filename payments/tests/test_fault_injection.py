@@ -106,9 +106,9 @@ STEPS = [
     ("wallets.ledger", "post_transfers"),
     ("wallets.ledger", "customer_wallet"),
     ("wallets.ledger", "clearing_account"),
-    ("payments.services", "_claim"),
-    ("payments.services", "_save_outcome"),
-    ("payments.services", "parse_notification"),
+    ("payments.services.processing", "_claim"),
+    ("payments.services.processing", "_save_outcome"),
+    ("payments.services.processing", "parse_notification"),
 ]
 
 

@@ -1,23 +1,12 @@
-"""The webhook path: store every delivery first, then apply it completely or fail visibly.
+"""Processing a stored receipt in one durable transaction: dedupe claim, handler, effects
+and outcome in the same commit (or a dry-run preview that rolls back)."""
 
-Every delivery ends in exactly one of: applied (all effects and the outcome in one
-commit), a recognised duplicate, recorded (no money moves for this event), parked for
-staff with the money safe in suspense, a conflict, rejected as unauthenticated /
-malformed / too large, or failed with its traceback stored and a 5xx so the provider
-retries. There is no other ending: an exception is never turned into a success value.
-"""
-
-import hashlib
 import logging
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from escrow import services as escrow_services
@@ -30,31 +19,13 @@ from payments.parsing import (
     EventType,
     MalformedPayload,
     PaymentNotification,
-    is_storable,
-    load_json,
     parse_notification,
 )
-from payments.signing import SIGNATURE_HEADER, verify
+from payments.services.receipts import STATUS_FOR_OUTCOME
 from wallets import ledger
 from wallets.models import AccountKind, Transaction, TransactionType, Transfer, TransferKind
 
 logger = logging.getLogger(__name__)
-
-# HTTP status the provider gets for each outcome. 5xx only where a retry could help.
-STATUS_FOR_OUTCOME = {
-    Outcome.APPLIED: 200,
-    Outcome.RECORDED: 200,
-    Outcome.DUPLICATE: 200,
-    Outcome.PARKED: 200,
-    Outcome.CONFLICT: 409,
-    Outcome.UNAUTHENTICATED: 401,
-    Outcome.MALFORMED: 400,
-    Outcome.TOO_LARGE: 413,
-    Outcome.FAILED: 500,
-}
-# Headers never worth keeping in the receipt log.
-_DROPPED_HEADERS = {"cookie", "authorization", "proxy-authorization"}
-_MAX_HEADER_VALUE = 2000
 
 
 @dataclass
@@ -86,90 +57,6 @@ class ProcessResult:
             "transfers": self.transfers,
             "transactions": self.transactions,
         }
-
-
-# --- receipt log -----------------------------------------------------------------------
-
-
-def clean_headers(headers: dict[str, str]) -> dict[str, str]:
-    # jsonb cannot hold NUL: drop it rather than fail to store the receipt at all.
-    return {
-        name.replace("\x00", ""): value.replace("\x00", "")[:_MAX_HEADER_VALUE]
-        for name, value in headers.items()
-        if name.lower() not in _DROPPED_HEADERS
-    }
-
-
-def store_receipt(
-    *,
-    body: bytes,
-    headers: dict[str, str],
-    remote_ip: str | None,
-    body_size: int | None = None,
-    provider: str = PROVIDER,
-) -> WebhookReceipt:
-    """Store one delivery as it arrived, in its own short transaction, before processing.
-
-    `body_size` is the declared size when the body was too large to read in full; such a
-    delivery is stored truncated and never processed.
-    """
-    body_size = len(body) if body_size is None else body_size
-    too_large = body_size > settings.WEBHOOK_MAX_BODY_BYTES
-    signature = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
-    signed = not too_large and verify(body, signature, settings.DYNOPAY_WEBHOOK_SECRET)
-    if too_large:
-        outcome, detail = Outcome.TOO_LARGE, f"body of {body_size} bytes exceeds the cap"
-    elif not signed:
-        outcome = Outcome.UNAUTHENTICATED
-        detail = "missing signature" if not signature else "signature does not match any secret"
-    else:
-        outcome, detail = Outcome.RECEIVED, ""
-    stored = body[: settings.WEBHOOK_MAX_BODY_BYTES]
-    # Identified from the start, so even a delivery whose processing fails or never
-    # finishes can be found by escrow and transaction.
-    ids = identify(body) if signed else {}
-    with transaction.atomic(durable=True):
-        receipt = WebhookReceipt.objects.create(
-            **ids,
-            provider=provider,
-            remote_ip=remote_ip,
-            headers=clean_headers(headers),
-            body=stored,
-            body_size=body_size,
-            body_sha256=hashlib.sha256(stored).hexdigest(),
-            signature_valid=signed,
-            outcome=outcome,
-            detail=detail,
-            response_status=STATUS_FOR_OUTCOME.get(outcome),
-            processed_at=None if outcome == Outcome.RECEIVED else timezone.now(),
-        )
-    if outcome == Outcome.UNAUTHENTICATED:
-        logger.warning("webhook receipt %s rejected: %s (from %s)", receipt.pk, detail, remote_ip)
-    return receipt
-
-
-def record_failure(*, receipt_id: int, exc: BaseException) -> None:
-    """Mark a receipt failed with its traceback, in a transaction of its own.
-
-    Called after the processing transaction rolled back, so nothing of it remains. If
-    this write fails too (database gone), the receipt stays `received`; the integrity
-    checker reports it and payments_retry picks it up.
-    """
-    text = "".join(traceback.format_exception(exc))
-    with transaction.atomic(durable=True):
-        # The rolled-back processing took the escrow link with it; staff need it to find
-        # this failure from the escrow's page, so set it again from the stored reference.
-        ref = WebhookReceipt.objects.filter(pk=receipt_id).values_list("escrow_ref", flat=True)
-        escrow_id = Escrow.objects.filter(escrow_id__in=ref).values_list("pk", flat=True).first()
-        WebhookReceipt.objects.filter(pk=receipt_id).update(
-            escrow_id=escrow_id,
-            outcome=Outcome.FAILED,
-            attempts=F("attempts") + 1,
-            last_error=f"{type(exc).__name__}: {exc}"[:2000],
-            traceback=text[-20000:],
-            processed_at=timezone.now(),
-            response_status=500,
-        )
 
 
 # --- processing ------------------------------------------------------------------------
@@ -459,122 +346,3 @@ def _save_outcome(receipt: WebhookReceipt, result: ProcessResult) -> None:
             "flagged",
         ]
     )
-
-
-@dataclass(frozen=True)
-class DeliveryResponse:
-    status: int
-    body: dict[str, Any]
-
-
-def handle_delivery(
-    *, body: bytes, headers: dict[str, str], remote_ip: str | None, body_size: int | None = None
-) -> DeliveryResponse:
-    """The whole webhook path: store, verify, process, answer. Used by the view."""
-    receipt = store_receipt(body=body, headers=headers, remote_ip=remote_ip, body_size=body_size)
-    if receipt.outcome != Outcome.RECEIVED:
-        return DeliveryResponse(
-            STATUS_FOR_OUTCOME[Outcome(receipt.outcome)],
-            {"receipt": receipt.pk, "outcome": receipt.outcome, "detail": receipt.detail},
-        )
-    return run_processing(receipt_id=receipt.pk, source="webhook")
-
-
-def run_processing(
-    *,
-    receipt_id: int,
-    source: str,
-    actor_id: int | None = None,
-    audit: StaffAudit | None = None,
-) -> DeliveryResponse:
-    """Process a receipt; on any failure record it (traceback, attempts) and answer 500."""
-    try:
-        result = process_receipt(
-            receipt_id=receipt_id, source=source, actor_id=actor_id, audit=audit
-        )
-    except Exception as exc:  # noqa: BLE001 - recorded on the receipt, logged, answered 500
-        # Not swallowed: the failure is stored on the receipt with its traceback, logged at
-        # ERROR, and answered with a 500 so the provider retries.
-        record_failure(receipt_id=receipt_id, exc=exc)
-        ids = WebhookReceipt.objects.filter(pk=receipt_id).values("escrow_ref", "tx_id", "event")
-        found = ids.first() or {}
-        logger.error(
-            "webhook receipt %s failed (escrow %s, key %s:%s:%s)",
-            receipt_id,
-            found.get("escrow_ref") or "?",
-            PROVIDER,
-            found.get("tx_id") or "?",
-            found.get("event") or "?",
-            exc_info=exc,
-        )
-        return DeliveryResponse(
-            500,
-            {
-                "receipt": receipt_id,
-                "outcome": Outcome.FAILED,
-                "detail": "processing failed; retry",
-            },
-        )
-    if result.outcome == Outcome.APPLIED:
-        logger.info("webhook receipt %s applied: %s", receipt_id, result.detail)
-    return DeliveryResponse(result.http_status, result.as_json())
-
-
-def identify(body: bytes) -> dict[str, str]:
-    """Event, transaction id, payment id and escrow reference read leniently from a raw
-    body, for the receipt log and log lines before (or whatever the outcome of) full
-    parsing: strings only, cut to their columns, empty when absent or unreadable."""
-    try:
-        data = load_json(body)
-    except MalformedPayload:
-        return {"event": "", "tx_id": "", "provider_payment_id": "", "escrow_ref": ""}
-    meta = data.get("meta_data") if isinstance(data.get("meta_data"), dict) else {}
-
-    def text(value: object, length: int) -> str:
-        # Whatever the body holds must never stop the receipt itself from being stored.
-        return value.strip()[:length] if isinstance(value, str) and is_storable(value) else ""
-
-    payment_id = text(data.get("id"), 200)
-    return {
-        "event": text(data.get("event"), 64),
-        "tx_id": text(data.get("txId"), 200) or payment_id,
-        "provider_payment_id": payment_id,
-        "escrow_ref": text(meta.get("refId"), 64) or text(data.get("customer_reference"), 64),
-    }
-
-
-# --- retries ---------------------------------------------------------------------------
-
-
-def retryable_receipts(
-    *, stale_after: timedelta = timedelta(minutes=5)
-) -> QuerySet[WebhookReceipt]:
-    """Failed receipts, and signed ones left `received` (e.g. by a killed process) for
-    longer than `stale_after`, oldest first."""
-    cutoff = timezone.now() - stale_after
-    return WebhookReceipt.objects.filter(
-        Q(outcome=Outcome.FAILED) | Q(outcome=Outcome.RECEIVED, received_at__lt=cutoff),
-        signature_valid=True,
-    ).order_by("received_at", "pk")
-
-
-def retry_receipt(
-    *, receipt_id: int, dry_run: bool = False, actor_id: int | None = None
-) -> DeliveryResponse:
-    """Re-process one stored receipt (applied ones are a no-op); dry_run writes nothing."""
-    if dry_run:
-        try:
-            result = preview_receipt(receipt_id=receipt_id, actor_id=actor_id)
-        except Exception as exc:  # noqa: BLE001 - reported as a failed preview and logged
-            # A preview writes nothing, so there is nothing to record; report the error.
-            logger.warning("preview of receipt %s failed", receipt_id, exc_info=exc)
-            return DeliveryResponse(
-                500,
-                {
-                    "receipt": receipt_id,
-                    "outcome": Outcome.FAILED,
-                    "detail": f"{type(exc).__name__}: {exc}",
-                },
-            )
-        return DeliveryResponse(result.http_status, result.as_json() | {"dry_run": True})
-    return run_processing(receipt_id=receipt_id, source="retry", actor_id=actor_id)
