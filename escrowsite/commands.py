@@ -8,7 +8,6 @@ non-zero when it found or hit a problem.
 
 import json
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -52,7 +51,3 @@ def emit_json(command: BaseCommand, data: Any) -> None:
 def fail(message: str, code: int = 1) -> None:
     """Exit non-zero with a message on stderr (CommandError prints it without a traceback)."""
     raise CommandError(message, returncode=code)
-
-
-def is_terminal() -> bool:
-    return sys.stdout.isatty()

@@ -105,24 +105,6 @@ def open_holding_account(*, escrow_id: int, currency: str = USD) -> Account:
     return account or Account.objects.create(**lookup, currency=currency)
 
 
-def lock_accounts(account_ids: Sequence[int]) -> dict[int, Account]:
-    """Row-lock accounts in the global order (guarded kinds first, then by pk)."""
-    accounts = list(Account.objects.filter(pk__in=set(account_ids)).order_by("pk"))
-    ordered = sorted(accounts, key=lambda a: (a.kind not in NON_NEGATIVE_KINDS, a.pk))
-    guarded = [a.pk for a in ordered if a.kind in NON_NEGATIVE_KINDS]
-    if guarded:
-        # One SELECT ... FOR UPDATE in pk order locks the guarded accounts; system
-        # accounts are locked by their UPDATE at the very end of post_transfers.
-        locked = {
-            a.pk: a
-            for a in Account.objects.select_for_update().filter(pk__in=guarded).order_by("pk")
-        }
-        for a in ordered:
-            locked.setdefault(a.pk, a)
-        return locked
-    return {a.pk: a for a in ordered}
-
-
 def _lock_for_posting(given: Sequence[Account]) -> dict[int, Account]:
     """Fresh, row-locked copies of the guarded accounts (their balances are checked);
     system accounts as given: their balances are never read here and their rows are

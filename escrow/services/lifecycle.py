@@ -41,6 +41,14 @@ RESOLUTIONS = ("refund", "release", "split")
 _CLOSED_FIELDS = ["status", "status_changed_at", "completed_at", "expires_at", "auto_release_at"]
 
 
+def _close_funded(escrow: Escrow, now: datetime) -> None:
+    """Save a funded escrow that was just paid out: completed, no deadline left running."""
+    escrow.completed_at = now
+    escrow.expires_at = None
+    escrow.auto_release_at = None
+    escrow.save(update_fields=_CLOSED_FIELDS)
+
+
 def _payout(
     escrow: Escrow,
     *,
@@ -229,10 +237,7 @@ def _release(
             now=now,
             actor_id=actor_id,
         )
-        escrow.completed_at = now
-        escrow.expires_at = None
-        escrow.auto_release_at = None
-        escrow.save(update_fields=_CLOSED_FIELDS)
+        _close_funded(escrow, now)
         _notify(escrow, "released", escrow.seller_id, amount=to_seller)
         _notify(escrow, "released", escrow.buyer_id)
     return escrow
@@ -259,10 +264,7 @@ def refund_escrow(
         _set_status(escrow, S.REFUNDED, now=now, source=source, actor_id=actor_id, reason=reason)
         held = _holding(escrow).account.balance
         _payout(escrow, to_buyer=held, to_seller=ZERO, purpose="refund", now=now, actor_id=actor_id)
-        escrow.completed_at = now
-        escrow.expires_at = None
-        escrow.auto_release_at = None
-        escrow.save(update_fields=_CLOSED_FIELDS)
+        _close_funded(escrow, now)
         _notify(escrow, "refunded", escrow.buyer_id, amount=held)
         _notify(escrow, "refunded", escrow.seller_id)
     return escrow
@@ -465,8 +467,7 @@ def resolve_dispute(
             now=now,
             actor_id=actor_id,
         )
-        escrow.completed_at = now
-        escrow.save(update_fields=["status", "status_changed_at", "completed_at"])
+        _close_funded(escrow, now)
         _notify(escrow, "dispute_resolved", escrow.buyer_id, amount=buyer_amount)
         _notify(escrow, "dispute_resolved", escrow.seller_id, amount=seller_amount)
     return escrow
