@@ -50,9 +50,21 @@ def enqueue_notification(
 def enqueue_notifications(items: list[dict[str, Any]]) -> list[Notification]:
     """enqueue_notification for many messages in one INSERT (bulk paths such as the
     sweep); each item has the keyword arguments of enqueue_notification."""
+    rows = build_notifications(items)
+    # ON CONFLICT DO NOTHING: the unique key makes a repeated event a no-op, never a
+    # second message and never an error that could roll back the money transaction.
+    Notification.objects.bulk_create(rows, ignore_conflicts=True)
+    if rows:
+        _dispatch_after_this_commit()
+    return rows
+
+
+def build_notifications(items: list[dict[str, Any]]) -> list[Notification]:
+    """The outbox rows (one per enabled channel) for these messages, unsaved. Whoever
+    inserts them does so with ON CONFLICT DO NOTHING and then calls schedule_dispatch()."""
     now = timezone.now()
     channels = enabled_channels()
-    rows = [
+    return [
         Notification(
             key=f"{item['key']}:{channel}",
             event=item["event"],
@@ -65,12 +77,11 @@ def enqueue_notifications(items: list[dict[str, Any]]) -> list[Notification]:
         for item in items
         for channel in channels
     ]
-    # ON CONFLICT DO NOTHING: the unique key makes a repeated event a no-op, never a
-    # second message and never an error that could roll back the money transaction.
-    Notification.objects.bulk_create(rows, ignore_conflicts=True)
-    if rows:
-        _dispatch_after_this_commit()
-    return rows
+
+
+def schedule_dispatch() -> None:
+    """Deliver what this transaction enqueued once it commits (see build_notifications)."""
+    _dispatch_after_this_commit()
 
 
 def _dispatch_after_this_commit() -> None:

@@ -29,7 +29,7 @@ from escrow.services.lifecycle import (
     release_escrow,
     resolve_dispute,
 )
-from escrow.services.payment import confirm_payment
+from escrow.services.payment import confirm_payment, confirm_payment_batched
 
 __all__ = [
     "ESCROW_ID_FORMAT",
@@ -41,6 +41,7 @@ __all__ = [
     "cancel_escrow",
     "close_unpaid_batch",
     "confirm_payment",
+    "confirm_payment_batched",
     "create_escrow",
     "decline_escrow",
     "expire_escrow",

@@ -8,10 +8,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db.models import Model
+
 from escrow.models import Escrow, EscrowHolding, EscrowStatus, StatusChange
 from escrow.transitions import check_transition
 from escrowsite.errors import ApplicationError, IllegalTransition, NotFound
-from notifications.services import enqueue_notification
+from escrowsite.sqlbatch import StatementBatch
+from notifications.services import (
+    build_notifications,
+    enqueue_notifications,
+    schedule_dispatch,
+)
 from wallets import ledger
 from wallets.models import (
     Transaction,
@@ -90,16 +97,20 @@ def _set_status(
     source: str,
     actor_id: int | None = None,
     reason: str = "",
+    writes: "Writes | None" = None,
 ) -> None:
     """Check the move against the table, then record it; the caller saves the escrow."""
     check_transition(escrow_id=escrow.escrow_id, from_status=escrow.status, to_status=to_status)
-    StatusChange.objects.create(
-        escrow=escrow,
-        from_status=escrow.status,
-        to_status=to_status,
-        actor_id=actor_id,
-        source=source,
-        reason=reason,
+    writes = writes or ORM_WRITES
+    writes.add(
+        StatusChange(
+            escrow=escrow,
+            from_status=escrow.status,
+            to_status=to_status,
+            actor_id=actor_id,
+            source=source,
+            reason=reason,
+        )
     )
     escrow.status = to_status
     escrow.status_changed_at = now
@@ -117,22 +128,24 @@ def _record(
     now: datetime,
     payment: IncomingPayment | None = None,
     with_crypto: bool = True,
+    writes: "Writes | None" = None,
 ) -> Transaction:
     """Write a transaction record such as ESC_ES101325WZY2_6462e85a and link its transfers.
 
     `with_crypto=False` leaves the coin amount off a record that carries only part of a
     payment, so a USD figure never sits next to a coin amount that is not its own.
     """
+    writes = writes or ORM_WRITES
     tx_id = payment.tx_id if payment else ""
     if payment:
-        transaction_id = f"{prefix}_{escrow.escrow_id}_{tx_id[:8]}"
-        if Transaction.objects.filter(transaction_id=transaction_id).exists():
+        transaction_id = record_id(prefix, escrow.escrow_id, tx_id)
+        if writes.transaction_id_taken(transaction_id):
             # Two provider transactions that share their first 8 characters.
             transaction_id = f"{prefix}_{escrow.escrow_id}_{tx_id}"[:100]
     else:
         transaction_id = f"{prefix}_{escrow.escrow_id}"
     crypto = payment is not None and with_crypto
-    record = Transaction.objects.create(
+    record = Transaction(
         transaction_id=transaction_id,
         customer_id=customer_id,
         type=type,
@@ -146,13 +159,118 @@ def _record(
         description=description,
         confirmed_at=now,
     )
-    record.transfers.add(*transfers)
+    writes.add_record(record, transfers)
     return record
 
 
-def _notify(escrow: Escrow, event: str, recipient_id: int, **payload: object) -> None:
+def record_id(prefix: str, escrow_id: str, tx_id: str) -> str:
+    """A payment's transaction record id, e.g. ESC_ES101325WZY2_6462e85a."""
+    return f"{prefix}_{escrow_id}_{tx_id[:8]}"
+
+
+def _notify(
+    escrow: Escrow,
+    event: str,
+    recipient_id: int,
+    *,
+    writes: "Writes | None" = None,
+    **payload: object,
+) -> None:
     """One outbox row per party and event: written now, delivered after commit."""
-    enqueue_notification(**_notification(escrow, event, recipient_id, **payload))
+    (writes or ORM_WRITES).notify([_notification(escrow, event, recipient_id, **payload)])
+
+
+# --- where writes go -------------------------------------------------------------------
+
+
+class Writes:
+    """Where a service's writes go. The services decide what to write; a Writes decides
+    how: saved one by one through the ORM (any database), or collected into one
+    StatementBatch (the PostgreSQL webhook hot path, see escrowsite.sqlbatch)."""
+
+    def post(self, legs: list[ledger.Leg]) -> list[Transfer]:
+        raise NotImplementedError
+
+    def add(self, obj: Model) -> None:
+        raise NotImplementedError
+
+    def add_record(self, record: Transaction, transfers: list[Transfer]) -> None:
+        raise NotImplementedError
+
+    def save(self, obj: Model, fields: list[str]) -> None:
+        raise NotImplementedError
+
+    def notify(self, items: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def transaction_id_taken(self, transaction_id: str) -> bool:
+        raise NotImplementedError
+
+
+class OrmWrites(Writes):
+    def post(self, legs: list[ledger.Leg]) -> list[Transfer]:
+        return ledger.post_transfers(legs)
+
+    def add(self, obj: Model) -> None:
+        obj.save(force_insert=True)
+
+    def add_record(self, record: Transaction, transfers: list[Transfer]) -> None:
+        record.save(force_insert=True)
+        record.transfers.add(*transfers)
+
+    def save(self, obj: Model, fields: list[str]) -> None:
+        obj.save(update_fields=fields)
+
+    def notify(self, items: list[dict[str, Any]]) -> None:
+        enqueue_notifications(items)
+
+    def transaction_id_taken(self, transaction_id: str) -> bool:
+        return Transaction.objects.filter(transaction_id=transaction_id).exists()
+
+
+ORM_WRITES = OrmWrites()
+
+
+class BatchWrites(Writes):
+    """Writes collected into `batch`, with primary keys preallocated in `ids` (by model)
+    and the record ids already in use read beforehand (`taken`)."""
+
+    def __init__(
+        self, batch: StatementBatch, ids: dict[type[Model], list[int]], taken: set[str]
+    ) -> None:
+        self.batch = batch
+        self.ids = {model: list(pks) for model, pks in ids.items()}
+        self.taken = taken
+
+    def take_id(self, model: type[Model]) -> int:
+        pks = self.ids.get(model)
+        if not pks:
+            raise RuntimeError(f"no preallocated {model.__name__} id left")
+        return pks.pop(0)
+
+    def post(self, legs: list[ledger.Leg]) -> list[Transfer]:
+        pks = [self.take_id(Transfer) for _ in legs]
+        return ledger.post_transfers_batched(legs, batch=self.batch, ids=pks)
+
+    def add(self, obj: Model) -> None:
+        if obj.pk is None and type(obj) in self.ids:
+            obj.pk = self.take_id(type(obj))
+        self.batch.insert([obj])
+
+    def add_record(self, record: Transaction, transfers: list[Transfer]) -> None:
+        self.add(record)
+        link = Transaction.transfers.through
+        self.batch.insert([link(transaction_id=record.pk, transfer_id=t.pk) for t in transfers])
+
+    def save(self, obj: Model, fields: list[str]) -> None:
+        self.batch.update_instance(obj, fields)
+
+    def notify(self, items: list[dict[str, Any]]) -> None:
+        self.batch.insert(build_notifications(items), ignore_conflicts=True)
+        schedule_dispatch()
+
+    def transaction_id_taken(self, transaction_id: str) -> bool:
+        return transaction_id in self.taken
 
 
 def _notification(

@@ -21,6 +21,7 @@ from escrow.tests.factories import escrow_in_status, make_escrow
 from payments.models import Outcome
 from payments.tests.test_webhook import assert_ledger_balanced, snapshot, wallet
 from payments.tests.webhooks import INCIDENT_TX
+from wallets.tests.factories import break_ledger
 
 S = EscrowStatus
 
@@ -104,11 +105,10 @@ def test_reprocess_without_a_reason_changes_nothing(monkeypatch):
 @pytest.mark.django_db
 def test_reprocess_that_fails_again_shows_the_error_and_applies_nothing(monkeypatch):
     finance, _ = as_finance()
-    from wallets import ledger
 
     escrow, receipt = incident_with_failed_delivery(monkeypatch)
     before = snapshot()
-    monkeypatch.setattr(ledger, "post_transfers", lambda legs: 1 / 0)
+    break_ledger(monkeypatch)
     response = finance.post(
         action_url("payments_webhookreceipt", receipt.pk, "reprocess"), {"reason": "try again"}
     )

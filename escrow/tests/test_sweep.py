@@ -26,7 +26,7 @@ from payments.signing import sign
 from payments.tests.webhooks import SECRET, encode, payload
 from wallets import ledger
 from wallets.money import quantize_usd
-from wallets.tests.factories import fund
+from wallets.tests.factories import break_ledger, fund
 
 S = EscrowStatus
 D = Decimal
@@ -242,7 +242,7 @@ def test_paid_escrow_auto_cancelled_is_impossible_when_its_payment_was_lost(monk
         body=body, headers={"X-DynoPay-Signature": sign(body, SECRET)}, remote_ip="127.0.0.1"
     )
     with monkeypatch.context() as patch:
-        patch.setattr(ledger, "post_transfers", lambda legs: 1 / 0)
+        break_ledger(patch)
         assert (
             payment_services.run_processing(receipt_id=receipt.pk, source="webhook").status == 500
         )

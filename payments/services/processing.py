@@ -12,6 +12,7 @@ from django.utils import timezone
 from escrow import services as escrow_services
 from escrow.audit import record_staff_action
 from escrow.models import Escrow
+from escrowsite import sqlbatch
 from escrowsite.errors import ApplicationError, NotFound
 from payments.models import FINAL_OUTCOMES, Outcome, PaymentEvent, WebhookReceipt
 from payments.parsing import (
@@ -41,6 +42,8 @@ class ProcessResult:
     transfers: list[dict[str, Any]] = field(default_factory=list)
     transactions: list[str] = field(default_factory=list)
     already_final: bool = False
+    # The outcome was written with the effects, in the hot path's one statement.
+    saved: bool = False
 
     @property
     def http_status(self) -> int:
@@ -103,6 +106,15 @@ def _apply_confirmed(
         # is kept in suspense for staff, never dropped.
         _park_in_suspense(receipt, note, result, actor_id)
         return
+    _describe_outcome(receipt, note, result, outcome)
+
+
+def _describe_outcome(
+    receipt: WebhookReceipt,
+    note: PaymentNotification,
+    result: ProcessResult,
+    outcome: escrow_services.PaymentOutcome,
+) -> None:
     receipt.escrow_id = outcome.escrow.pk
     result.escrow_id = note.escrow_ref
     result.status_before = outcome.status_before
@@ -236,6 +248,9 @@ def _process_locked(receipt: WebhookReceipt, *, source: str, actor_id: int | Non
     receipt.escrow_ref = note.escrow_ref
     receipt.payload_hash = note.payload_hash
 
+    hot = note.event == EventType.CONFIRMED and note.escrow_ref and sqlbatch.supported()
+    if hot and _apply_batched(receipt, note, result, source, actor_id):
+        return result
     try:
         # A savepoint: if a business rule refuses the event, the claim and every effect
         # are undone together, so staff can still apply the payment later.
@@ -247,6 +262,54 @@ def _process_locked(receipt: WebhookReceipt, *, source: str, actor_id: int | Non
         result.transfers, result.transactions = [], []
         receipt.flagged = True
     return result
+
+
+def _apply_batched(
+    receipt: WebhookReceipt,
+    note: PaymentNotification,
+    result: ProcessResult,
+    source: str,
+    actor_id: int | None,
+) -> bool:
+    """The PostgreSQL hot path for a confirmed payment to an escrow awaiting it: the claim,
+    every effect and the receipt's outcome written by one statement (escrowsite.sqlbatch).
+
+    False, having written nothing, for every other case: the general path below handles
+    it (and refuses what the policy refuses, inside its savepoint). The claim is a plain
+    INSERT here: the escrow's row lock already serialises deliveries of one payment, so
+    a clash means something unusual, which fails visibly and is retried on the general
+    path, never applied twice.
+    """
+    batch = sqlbatch.StatementBatch()
+    try:
+        outcome = escrow_services.confirm_payment_batched(
+            escrow_id=note.escrow_ref,
+            payment=note.to_incoming_payment(),
+            batch=batch,
+            source=source,
+            actor_id=actor_id,
+            reason=f"webhook receipt #{receipt.pk}",
+        )
+    except ApplicationError:
+        return False
+    if outcome is None:
+        return False
+    batch.insert(
+        [
+            PaymentEvent(
+                provider=PROVIDER,
+                tx_id=note.tx_id,
+                event=note.event,
+                payload_hash=note.payload_hash,
+                receipt_id=receipt.pk,
+            )
+        ]
+    )
+    _describe_outcome(receipt, note, result, outcome)
+    _save_outcome(receipt, result, batch=batch)
+    batch.execute()
+    result.saved = True
+    return True
 
 
 def _claim_and_handle(
@@ -297,9 +360,13 @@ def process_receipt(
     the failure (record_failure) and answers 5xx.
     """
     with transaction.atomic(durable=True), ledger.deferred_system_balances():
-        receipt = WebhookReceipt.objects.select_for_update().get(pk=receipt_id)
+        receipt = (
+            sqlbatch.select_for_update(WebhookReceipt, receipt_id)
+            if sqlbatch.supported()
+            else WebhookReceipt.objects.select_for_update().get(pk=receipt_id)
+        )
         result = _process_locked(receipt, source=source, actor_id=actor_id)
-        if not result.already_final:
+        if not result.already_final and not result.saved:
             _save_outcome(receipt, result)
         if audit is not None:
             record_staff_action(
@@ -322,27 +389,33 @@ def preview_receipt(*, receipt_id: int, actor_id: int | None = None) -> ProcessR
     return result
 
 
-def _save_outcome(receipt: WebhookReceipt, result: ProcessResult) -> None:
+def _save_outcome(
+    receipt: WebhookReceipt, result: ProcessResult, *, batch: sqlbatch.StatementBatch | None = None
+) -> None:
     receipt.outcome = result.outcome
     receipt.detail = result.detail
     receipt.attempts += 1
     receipt.processed_at = timezone.now()
     receipt.response_status = result.http_status
     receipt.last_error = ""
-    receipt.save(
-        update_fields=[
-            "outcome",
-            "detail",
-            "attempts",
-            "processed_at",
-            "response_status",
-            "last_error",
-            "event",
-            "tx_id",
-            "provider_payment_id",
-            "escrow_ref",
-            "payload_hash",
-            "escrow",
-            "flagged",
-        ]
-    )
+    if batch is not None:
+        batch.update_instance(receipt, _OUTCOME_FIELDS)
+    else:
+        receipt.save(update_fields=_OUTCOME_FIELDS)
+
+
+_OUTCOME_FIELDS = [
+    "outcome",
+    "detail",
+    "attempts",
+    "processed_at",
+    "response_status",
+    "last_error",
+    "event",
+    "tx_id",
+    "provider_payment_id",
+    "escrow_ref",
+    "payload_hash",
+    "escrow",
+    "flagged",
+]

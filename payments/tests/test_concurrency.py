@@ -29,6 +29,7 @@ from payments.tests.test_webhook import assert_ledger_balanced, wallet
 from payments.tests.webhooks import SECRET, URL, encode, payload, post
 from wallets import ledger
 from wallets.models import AccountKind, Transaction, Transfer, TransferKind
+from wallets.tests.factories import break_ledger
 
 WORKER = Path(__file__).with_name("concurrent_worker.py")
 THREADS = 24
@@ -294,7 +295,7 @@ def test_concurrent_retry_and_fresh_delivery_of_a_failed_receipt_apply_it_once(m
         body = encode(payload(escrow_id=escrow.escrow_id, tx_id=tx_id, base_amount="101.00"))
         headers = {SIGNATURE_HEADER: sign(body, SECRET)}
         with monkeypatch.context() as patch:
-            patch.setattr(ledger, "post_transfers", lambda legs: 1 / 0)
+            break_ledger(patch)
             first = services.handle_delivery(body=body, headers=headers, remote_ip="127.0.0.1")
         assert first.status == 500
         failed_id = first.body["receipt"]
@@ -333,4 +334,28 @@ def test_concurrent_retry_and_fresh_delivery_of_a_failed_receipt_apply_it_once(m
         assert Transaction.objects.filter(escrow=escrow, type="escrow_payment").count() == 1
         assert wallet(escrow.buyer_id) == Decimal("11.61")
         assert Notification.objects.filter(escrow=escrow, event="offer_to_seller").count() == 1
+    assert_ledger_balanced()
+
+
+def test_one_new_buyer_overpaying_several_escrows_at_once_is_credited_every_excess():
+    # The buyer has no wallet yet: simultaneous first credits wait for each other on its
+    # creation (not fail on the unique wallet), and each excess is credited once.
+    for _ in range(3):
+        buyer = make_escrow().buyer_id
+        escrows = [make_escrow(buyer_id=buyer) for _ in range(6)]
+        bodies = [
+            encode(payload(escrow_id=e.escrow_id, tx_id=str(uuid.uuid4()), base_amount="100.00"))
+            for e in escrows
+        ]
+        responses = in_threads([client_delivery(body) for body in bodies])
+        assert_all_200(responses)
+        assert {body["outcome"] for _, body in responses} == {"applied"}
+        excess = sum((Decimal("100.00") - e.total_due for e in escrows), Decimal("0.00"))
+        assert wallet(buyer) == excess
+        confirmed = Escrow.objects.filter(
+            pk__in=[e.pk for e in escrows], status=EscrowStatus.PAYMENT_CONFIRMED
+        )
+        assert confirmed.count() == len(escrows)
+        credits = Transfer.objects.filter(kind=TransferKind.OVERPAYMENT_CREDIT, escrow__in=escrows)
+        assert credits.count() == len(escrows)
     assert_ledger_balanced()

@@ -15,13 +15,13 @@ from payments import services
 from payments.models import Outcome, WebhookReceipt
 from payments.tests.test_fault_injection import stored_delivery
 from payments.tests.test_webhook import snapshot
-from wallets import ledger
+from wallets.tests.factories import break_ledger
 
 
 def failed_receipt(monkeypatch, escrow_id: str, tx_id: str) -> WebhookReceipt:
     receipt = stored_delivery(escrow_id, tx_id)
     with monkeypatch.context() as patch:
-        patch.setattr(ledger, "post_transfers", lambda legs: 1 / 0)
+        break_ledger(patch)
         assert services.run_processing(receipt_id=receipt.pk, source="webhook").status == 500
     receipt.refresh_from_db()
     assert receipt.outcome == Outcome.FAILED
@@ -83,7 +83,7 @@ def test_stuck_received_receipts_are_picked_up_only_when_stale():
 def test_exit_code_is_non_zero_when_a_retry_fails_again(monkeypatch):
     escrow = make_escrow()
     failed_receipt(monkeypatch, escrow.escrow_id, "tx-r3")
-    monkeypatch.setattr(ledger, "post_transfers", lambda legs: 1 / 0)
+    break_ledger(monkeypatch)
     with pytest.raises(CommandError, match="failed again"):
         call_command("payments_retry", stdout=StringIO())
     assert WebhookReceipt.objects.get().attempts == 2

@@ -15,6 +15,7 @@ from payments.tests.test_webhook import assert_ledger_balanced, incident_escrow,
 from payments.tests.webhooks import INCIDENT_TX, payload, post
 from wallets import ledger
 from wallets.models import AccountKind, Transaction
+from wallets.tests.factories import break_ledger
 
 BUYER = 5590563715
 
@@ -54,7 +55,7 @@ def test_reprocess_needs_a_reason_and_writes_nothing_without_one(monkeypatch, fi
 def test_a_reprocess_that_fails_again_leaves_no_audit_row(monkeypatch, finance_user):
     escrow = incident_escrow()
     receipt = failed_receipt(monkeypatch, escrow.escrow_id, INCIDENT_TX)
-    monkeypatch.setattr(ledger, "post_transfers", lambda legs: 1 / 0)
+    break_ledger(monkeypatch)
     response = staff.reprocess_receipt(
         receipt_id=receipt.pk, actor_id=finance_user.pk, reason="try"
     )

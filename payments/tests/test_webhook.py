@@ -345,7 +345,10 @@ def test_a_payment_a_business_rule_refuses_is_a_visible_conflict_and_stays_appli
     def refuse(**kwargs):
         raise ApplicationError("rule says no")
 
+    # The rule refuses on both apply paths (the hot path hands a refusal to the general
+    # one, which refuses it inside its savepoint).
     monkeypatch.setattr(escrow_services, "confirm_payment", refuse)
+    monkeypatch.setattr(escrow_services, "confirm_payment_batched", refuse)
     before = snapshot()
     response = post(client, payload(tx_id=INCIDENT_TX))
     assert response.status_code == 409

@@ -58,3 +58,14 @@ def holding_account() -> Account:
         amount=Decimal("50.00"),
     )
     return ledger.open_holding_account(escrow_id=escrow.pk)
+
+
+def break_ledger(patch) -> None:
+    """Make every posting fail with ZeroDivisionError, on the ORM path (post_transfers)
+    and on the PostgreSQL webhook hot path (post_transfers_batched) alike."""
+
+    def fail(*args, **kwargs):
+        return 1 / 0
+
+    patch.setattr(ledger, "post_transfers", fail)
+    patch.setattr(ledger, "post_transfers_batched", fail)

@@ -32,7 +32,7 @@ from payments.tests.test_webhook import BUYER, incident_escrow
 from payments.tests.webhooks import INCIDENT_TX, encode, payload, post
 from wallets import integrity, ledger
 from wallets.models import Account, AccountKind, Transaction
-from wallets.tests.factories import StaffUserFactory
+from wallets.tests.factories import StaffUserFactory, break_ledger
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[2]
@@ -278,7 +278,7 @@ def test_a_failed_delivery_is_reported_until_payments_retry_applies_it(monkeypat
     escrow = make_escrow()
     receipt = stored(escrow.escrow_id, "tx-fails", base_amount=str(escrow.total_due))
     with monkeypatch.context() as patch:
-        patch.setattr(ledger, "post_transfers", lambda legs: 1 / 0)
+        break_ledger(patch)
         response = payment_services.run_processing(receipt_id=receipt.pk, source="webhook")
     assert response.status == 500
 

@@ -1,0 +1,242 @@
+"""Many writes in one PostgreSQL statement, compiled by Django's own SQL compiler.
+
+The webhook hot path writes about fifteen rows per payment. Sent one ORM call at a time,
+each costs a round trip plus the ORM's per-query overhead, which dominated the path. A
+StatementBatch collects the same model instances the ORM would save and sends them as
+one statement of data-modifying CTEs (`WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) ...`).
+
+Rules that keep this exact:
+- Rows go in with their primary keys already allocated (`allocate_ids`), so no part of
+  the statement needs another's RETURNING; the column values, defaults and
+  `auto_now_add` stamps come from the same compiler bulk_create uses.
+- A row inserted by the statement cannot be updated by it (all parts see one snapshot):
+  an instance added with `insert` is compiled when the batch runs, so later changes to
+  the instance are part of its INSERT, and `update` refuses such an instance.
+- Each row is updated at most once per batch (PostgreSQL would apply only one of two
+  updates of the same row in one statement): `update` merges into the earlier one.
+- Foreign keys are DEFERRABLE INITIALLY DEFERRED (Django's PostgreSQL default), so the
+  order of the parts does not matter; they are checked at COMMIT like any write.
+"""
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+import psycopg
+from django.db import connection
+from django.db.models import Field, JSONField, Model
+
+
+def supported() -> bool:
+    """Whether this database runs batches (PostgreSQL); other backends use the ORM path."""
+    return connection.vendor == "postgresql"
+
+
+def hot_cursor():
+    """A cursor with server-side parameter binding, so psycopg prepares statements that
+    repeat (after `prepare_threshold` runs) and PostgreSQL plans them once per
+    connection. Wrapped like any Django cursor: execute_wrapper hooks and query logging
+    see its statements."""
+    connection.ensure_connection()
+    return connection._prepare_cursor(psycopg.Cursor(connection.connection))
+
+
+def allocate_ids(model: type[Model], count: int) -> str:
+    """SQL for an array of `count` fresh primary keys of `model` (for a SELECT list)."""
+    table = model._meta.db_table
+    column = model._meta.pk.column
+    return (
+        f"(SELECT array_agg(nextval(pg_get_serial_sequence('\"{table}\"', '{column}'))) "
+        f"FROM generate_series(1, {int(count)}))"
+    )
+
+
+@dataclass(frozen=True)
+class Add:
+    """An update value that adds to the column (balance = balance + amount)."""
+
+    amount: Decimal
+
+
+class StatementBatch:
+    """Inserts and updates of model instances, run together as one statement.
+
+    Rows travel as one jsonb parameter per part and are turned into typed rows by
+    PostgreSQL (jsonb_populate_recordset), so the statement text depends only on the
+    batch's shape: psycopg caches and prepares it, PostgreSQL plans it once.
+    """
+
+    def __init__(self) -> None:
+        self._inserts: list[tuple[type[Model], list[Model], bool]] = []
+        self._pending: set[int] = set()
+        self._updates: dict[tuple[type[Model], Any], dict[str, Any]] = {}
+
+    def insert(self, objs: Sequence[Model], *, ignore_conflicts: bool = False) -> None:
+        """Insert these instances (all of one model). They need their primary keys
+        unless nothing refers to them (then all must be without one)."""
+        if not objs:
+            return
+        model = type(objs[0])
+        with_pk = {obj.pk is not None for obj in objs}
+        if len(with_pk) != 1 or any(type(obj) is not model for obj in objs):
+            raise ValueError(
+                "a batch insert takes instances of one model, all with or all without primary keys"
+            )
+        self._inserts.append((model, list(objs), ignore_conflicts))
+        self._pending.update(id(obj) for obj in objs)
+
+    def is_pending_insert(self, obj: Model) -> bool:
+        return id(obj) in self._pending
+
+    def update(self, model: type[Model], pk: Any, **values: Any) -> None:
+        """UPDATE one row by primary key; a value may be Add(amount). Field names or
+        attnames. A second update of the same row is merged into the first (its fields
+        must differ)."""
+        fields = self._updates.setdefault((model, pk), {})
+        columns = {model._meta.get_field(name).column: value for name, value in values.items()}
+        clash = fields.keys() & columns.keys()
+        if clash:
+            raise ValueError(f"{model.__name__} #{pk}: {sorted(clash)} updated twice")
+        fields.update(columns)
+
+    def update_instance(self, obj: Model, fields: Iterable[str]) -> None:
+        """Like obj.save(update_fields=fields); a pending insert already carries them."""
+        if self.is_pending_insert(obj):
+            return
+        opts = obj._meta
+        self.update(
+            type(obj),
+            obj.pk,
+            **{name: getattr(obj, opts.get_field(name).attname) for name in fields},
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self._inserts or self._updates)
+
+    def as_sql(self) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for model, objs, ignore in self._inserts:
+            with_pk = objs[0].pk is not None
+            fields = _insert_fields(model, with_pk)
+            parts.append(_insert_sql(model, with_pk, ignore))
+            params.append(_rows_json(fields, objs))
+        for (model, pk), columns in self._updates.items():
+            added = tuple(sorted(c for c, v in columns.items() if isinstance(v, Add)))
+            row = {model._meta.pk.column: pk} | {
+                c: _json_value(v.amount if isinstance(v, Add) else v) for c, v in columns.items()
+            }
+            parts.append(_update_sql(model, tuple(sorted(columns)), added))
+            params.append(json.dumps(row))
+        if not parts:
+            raise ValueError("an empty batch")
+        ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(parts))
+        return f"WITH {ctes} SELECT 1", params
+
+    def execute(self) -> None:
+        """Run every write in one statement, in the current transaction."""
+        sql, params = self.as_sql()
+        with hot_cursor() as cursor:
+            cursor.execute(sql, params)
+
+
+def insert_one(obj: Model) -> None:
+    """INSERT one instance (no primary key yet) and set its primary key from RETURNING:
+    one prepared statement and one round trip; outside a transaction it commits alone."""
+    model = type(obj)
+    fields = _insert_fields(model, False)
+    with hot_cursor() as cursor:
+        cursor.execute(
+            _insert_sql(model, False, False) + f" RETURNING {_quote(model._meta.pk.column)}",
+            [_rows_json(fields, [obj])],
+        )
+        obj.pk = cursor.fetchone()[0]
+    obj._state.adding = False
+    obj._state.db = connection.alias
+
+
+def select_for_update(model: type[Model], pk: Any) -> Model:
+    """The row as an instance, locked (SELECT ... FOR UPDATE); raises model.DoesNotExist."""
+    fields = model._meta.concrete_fields
+    table = _quote(model._meta.db_table)
+    columns = ", ".join(_quote(f.column) for f in fields)
+    with hot_cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM {table} WHERE {_quote(model._meta.pk.column)} = %s FOR UPDATE",
+            [pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise model.DoesNotExist(f"{model.__name__} #{pk} does not exist")
+    values = [
+        f.from_db_value(value, None, connection) if hasattr(f, "from_db_value") else value
+        for f, value in zip(fields, row, strict=True)
+    ]
+    return model.from_db(connection.alias, [f.attname for f in fields], values)
+
+
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+@cache
+def _insert_fields(model: type[Model], with_pk: bool) -> tuple[Field, ...]:
+    return tuple(f for f in model._meta.concrete_fields if with_pk or not f.primary_key)
+
+
+@cache
+def _insert_sql(model: type[Model], with_pk: bool, ignore: bool) -> str:
+    table = _quote(model._meta.db_table)
+    columns = ", ".join(_quote(f.column) for f in _insert_fields(model, with_pk))
+    sql = (
+        f"INSERT INTO {table} ({columns}) SELECT {columns} "
+        f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)"
+    )
+    return sql + (" ON CONFLICT DO NOTHING" if ignore else "")
+
+
+@cache
+def _update_sql(model: type[Model], columns: tuple[str, ...], added: tuple[str, ...]) -> str:
+    table = _quote(model._meta.db_table)
+    pk = _quote(model._meta.pk.column)
+    sets = ", ".join(
+        f"{_quote(c)} = {table}.{_quote(c)} + r.{_quote(c)}"
+        if c in added
+        else f"{_quote(c)} = r.{_quote(c)}"
+        for c in columns
+    )
+    # One row per UPDATE, through jsonb_populate_record (which the planner knows returns
+    # one row): a primary-key index lookup, never a scan of the table.
+    return (
+        f"UPDATE {table} SET {sets} FROM jsonb_populate_record(NULL::{table}, %s::jsonb) AS r "
+        f"WHERE {table}.{pk} = r.{pk}"
+    )
+
+
+def _rows_json(fields: tuple[Field, ...], objs: list[Model]) -> str:
+    rows = []
+    for obj in objs:
+        row = {}
+        for field in fields:
+            # pre_save stamps auto_now_add fields, exactly as an ORM insert would.
+            value = field.pre_save(obj, add=True)
+            row[field.column] = value if isinstance(field, JSONField) else _json_value(value)
+        rows.append(row)
+    return json.dumps(rows)
+
+
+def _json_value(value: Any) -> Any:
+    # Text that PostgreSQL reads back exactly: numeric and timestamps as strings.
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (bytes, memoryview)):
+        return "\\x" + bytes(value).hex()  # bytea's hex input format
+    raise TypeError(f"cannot put a {type(value).__name__} into a batch row")
