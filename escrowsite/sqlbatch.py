@@ -159,19 +159,21 @@ def insert_one(obj: Model) -> None:
     obj._state.db = connection.alias
 
 
-def select_for_update(model: type[Model], pk: Any) -> Model:
-    """The row as an instance, locked (SELECT ... FOR UPDATE); raises model.DoesNotExist."""
+def select_for_update(model: type[Model], pk: Any, *, where: dict[str, Any] | None = None) -> Model:
+    """The row with this primary key (or matching `where`, column: value) as an instance,
+    locked (SELECT ... FOR UPDATE); raises model.DoesNotExist."""
     fields = model._meta.concrete_fields
     table = _quote(model._meta.db_table)
     columns = ", ".join(_quote(f.column) for f in fields)
+    where = where or {model._meta.pk.column: pk}
+    condition = " AND ".join(f"{_quote(column)} = %s" for column in where)
     with hot_cursor() as cursor:
         cursor.execute(
-            f"SELECT {columns} FROM {table} WHERE {_quote(model._meta.pk.column)} = %s FOR UPDATE",
-            [pk],
+            f"SELECT {columns} FROM {table} WHERE {condition} FOR UPDATE", list(where.values())
         )
         row = cursor.fetchone()
     if row is None:
-        raise model.DoesNotExist(f"{model.__name__} #{pk} does not exist")
+        raise model.DoesNotExist(f"{model.__name__} {pk or where} does not exist")
     values = [
         f.from_db_value(value, None, connection) if hasattr(f, "from_db_value") else value
         for f, value in zip(fields, row, strict=True)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from escrowsite import sqlbatch
 from escrowsite.errors import IdempotencyConflict, InsufficientFunds, LedgerError
 from escrowsite.sqlbatch import Add
 from wallets.models import (
@@ -82,6 +83,29 @@ def customer_wallet(*, customer: Customer | int, currency: str = USD) -> Account
     if not isinstance(customer, Customer):
         Customer.objects.get_or_create(telegram_id=customer_id)
     return _get_or_create(lookup)
+
+
+def open_wallet_locked(*, customer_id: int, currency: str = USD) -> Account:
+    """The customer's wallet, opened if need be, row-locked: two statements, no ORM.
+
+    For the webhook hot path (the customer exists: it is an escrow's buyer). INSERT ...
+    ON CONFLICT DO NOTHING waits for a concurrent opener to commit, and the locking
+    SELECT then sees whichever wallet won, so simultaneous first credits of one
+    customer queue on the wallet instead of failing on its unique constraint.
+    """
+    table = Account._meta.db_table
+    with sqlbatch.hot_cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (kind, currency, customer_id, provider, balance, created_at) "
+            "VALUES (%s, %s, %s, '', 0, now()) "
+            "ON CONFLICT (customer_id, currency) WHERE kind = 'customer' DO NOTHING",
+            [AccountKind.CUSTOMER, currency, customer_id],
+        )
+    return sqlbatch.select_for_update(
+        Account,
+        None,
+        where={"kind": AccountKind.CUSTOMER, "customer_id": customer_id, "currency": currency},
+    )
 
 
 def system_account(*, kind: str, currency: str = USD) -> Account:

@@ -133,9 +133,8 @@ def confirm_payment_batched(
 
     Returns None, having written nothing (the escrow row stays locked, as the general path
     would lock it anyway), when the case is the general path's: no such escrow, one not
-    awaiting payment, a provider transaction seen before, no clearing account yet, or an
-    excess for a buyer who has no wallet yet. Raises ApplicationError, having written
-    nothing, where confirm_payment would.
+    awaiting payment, a provider transaction seen before, or no clearing account yet.
+    Raises ApplicationError, having written nothing, where confirm_payment would.
     """
     amount = _payment_amount(payment)
     if not payment.tx_id or not payment.provider:
@@ -162,12 +161,16 @@ def confirm_payment_batched(
         batch.insert([account])
         batch.insert([holding])
 
+    opened_in: list[str] = []  # the savepoint a first wallet was opened in, if any
+
     def buyer_wallet() -> Account:
-        # Row-locked by _payment_state. Opening a buyer's first wallet is left to the
-        # general path: get_or_create inside its savepoint, so simultaneous first
-        # credits wait for each other and a refusal undoes the new wallet too.
+        # Row-locked by _payment_state, or opened now (race-safe, row-locked) inside a
+        # savepoint, so that a refusal by the policy undoes the new wallet as well.
         if state.wallet is None:
-            raise _GeneralPath
+            opened_in.append(transaction.savepoint())
+            state.wallet = ledger.open_wallet_locked(
+                customer_id=escrow.buyer_id, currency=escrow.currency
+            )
         return state.wallet
 
     status_before = escrow.status
@@ -186,14 +189,14 @@ def confirm_payment_batched(
             buyer_wallet=buyer_wallet,
             writes=writes,
         )
-    except _GeneralPath:
-        return None  # nothing was written: the batch has not run
+    except ApplicationError:
+        for savepoint in opened_in:
+            transaction.savepoint_rollback(savepoint)
+        raise
+    for savepoint in opened_in:
+        transaction.savepoint_commit(savepoint)
     outcome.status_before = status_before
     return outcome
-
-
-class _GeneralPath(Exception):
-    """This payment needs something only the general path does (see buyer_wallet)."""
 
 
 def _lock_escrow_row(escrow_id: str) -> Escrow | None:
