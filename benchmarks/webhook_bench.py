@@ -12,6 +12,7 @@ the local server on 127.0.0.1:5432).
 
 import argparse
 import http.client
+import io
 import json
 import multiprocessing as mp
 import os
@@ -54,14 +55,27 @@ def recreate_database(server_url: str, name: str) -> str:
     return parsed._replace(path=f"/{name}").geturl()
 
 
-def setup_data(count: int) -> list[dict]:
-    """Migrate and create `count` escrows awaiting payment; return their payments."""
+def setup_data(count: int, history: int = 0) -> list[dict]:
+    """Migrate, seed `history` escrows of past business (escrow_seed_scale: ledger,
+    receipts, notifications; then VACUUM ANALYZE), and create `count` escrows awaiting
+    payment; return their payments.
+
+    The history matters: on empty tables the planner's cached plans for the webhook's
+    prepared statements are sequential scans (right for a table of one page) that stay
+    cached while the tables grow during the run. A database in service has history and
+    statistics, so the benchmark starts from one.
+    """
     import django
 
     django.setup()
     from django.core.management import call_command
+    from django.db import connection
 
     call_command("migrate", verbosity=0)
+    if history:
+        call_command(
+            "escrow_seed_scale", escrows=history, ledger_rows=history * 5, stdout=io.StringIO()
+        )
     from escrow.fees import compute_fees
     from escrow.models import Escrow, FeeSplit
     from wallets.models import Customer
@@ -86,6 +100,8 @@ def setup_data(count: int) -> list[dict]:
             )
         )
     Escrow.objects.bulk_create(escrows, batch_size=2000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
     payments = []
     for escrow in escrows:
         # Most pay exactly; some overpay (excess to the wallet); some pay half (partial).
@@ -112,10 +128,12 @@ def setup_data(count: int) -> list[dict]:
     return payments
 
 
-def client(args: tuple[str, int, list[bytes]]) -> list[tuple[float, int]]:
+def client(args: tuple[str, int, list[bytes]]) -> list[tuple[float, int, float]]:
+    """(latency, status, this client's CPU seconds so far) per delivery."""
     host, port, bodies = args
     from payments.signing import sign
 
+    cpu_start = time.process_time()
     results = []
     for body in bodies:
         headers = {"Content-Type": "application/json", "X-DynoPay-Signature": sign(body, SECRET)}
@@ -125,8 +143,39 @@ def client(args: tuple[str, int, list[bytes]]) -> list[tuple[float, int]]:
         response = conn.getresponse()
         response.read()
         conn.close()
-        results.append((time.perf_counter() - started, response.status))
+        results.append(
+            (time.perf_counter() - started, response.status, time.process_time() - cpu_start)
+        )
     return results
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(gunicorn_pid: int, database_url: str) -> dict[str, float]:
+    """CPU used so far by the gunicorn workers and by the database's backends."""
+    import psycopg
+
+    children = Path(f"/proc/{gunicorn_pid}/task/{gunicorn_pid}/children")
+    workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        backends = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        ]
+    return {
+        "app": sum(_proc_cpu(pid) for pid in workers),
+        "postgres": sum(_proc_cpu(pid) for pid in backends),
+    }
 
 
 def wait_for(host: str, port: int, timeout: float = 30) -> None:
@@ -143,7 +192,8 @@ def wait_for(host: str, port: int, timeout: float = 30) -> None:
 
 
 def check_invariants(unique: int) -> dict:
-    """The ledger invariants (wallets.selectors) and the receipt log, after the run."""
+    """The ledger invariants over the whole database (wallets.selectors), and the run's
+    own payment records and receipts."""
     from dataclasses import asdict
 
     from payments.models import WebhookReceipt
@@ -152,12 +202,16 @@ def check_invariants(unique: int) -> dict:
 
     violations = ledger_violations()
     outcomes: dict[str, int] = {}
-    for outcome in WebhookReceipt.objects.values_list("outcome", flat=True):
+    # The run's own deliveries (the seeded history has receipts of its own).
+    ours = WebhookReceipt.objects.filter(escrow_ref__startswith="ESB")
+    for outcome in ours.values_list("outcome", flat=True):
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return {
         "ledger_ok": not violations,
         "ledger_violations": {k: v for k, v in asdict(violations).items() if v},
-        "payment_records": Transaction.objects.filter(type="escrow_payment").count(),
+        "payment_records": Transaction.objects.filter(
+            type="escrow_payment", escrow__escrow_id__startswith="ESB"
+        ).count(),
         "expected_payment_records": unique,
         "receipt_outcomes": outcomes,
     }
@@ -169,6 +223,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument("--duplicates", type=float, default=0.10)
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=20_000,
+        help="escrows of past business seeded first (0: start from empty tables)",
+    )
     parser.add_argument("--port", type=int, default=8731)
     parser.add_argument(
         "--server-url",
@@ -179,7 +239,7 @@ def main() -> None:
     unique = int(args.requests / (1 + args.duplicates))
     database_url = recreate_database(args.server_url, "escrow_bench")
     os.environ.update(django_env(database_url))
-    payments = setup_data(unique)
+    payments = setup_data(unique, args.history)
     bodies = [json.dumps(p).encode() for p in payments]
     duplicates = random.choices(bodies, k=args.requests - unique)
     stream = bodies + duplicates
@@ -202,18 +262,20 @@ def main() -> None:
     try:
         wait_for("127.0.0.1", args.port)
         chunks = [stream[i :: args.clients] for i in range(args.clients)]
+        cpu_before = cpu_seconds(gunicorn.pid, database_url)
         started = time.perf_counter()
         with mp.get_context("spawn").Pool(args.clients) as pool:
             results = pool.map(client, [("127.0.0.1", args.port, c) for c in chunks])
         elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds(gunicorn.pid, database_url)
     finally:
         gunicorn.send_signal(signal.SIGTERM)
         gunicorn.wait(timeout=30)
 
-    latencies = sorted(lat for chunk in results for lat, _ in chunk)
+    latencies = sorted(lat for chunk in results for lat, _, _ in chunk)
     statuses: dict[int, int] = {}
     for chunk in results:
-        for _, status in chunk:
+        for _, status, _ in chunk:
             statuses[status] = statuses.get(status, 0) + 1
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     print(f"requests        {len(latencies)} ({unique} unique, {len(duplicates)} re-deliveries)")
@@ -222,6 +284,16 @@ def main() -> None:
     print(f"throughput      {len(latencies) / elapsed:.0f} webhooks/s")
     print(f"latency p50     {statistics.median(latencies) * 1000:.1f} ms")
     print(f"latency p99     {p99 * 1000:.1f} ms")
+    # CPU per webhook is steadier than throughput on a shared machine, and says where the
+    # time goes: the app (gunicorn workers), PostgreSQL (their backends), the clients.
+    count = len(latencies)
+    client_cpu = sum(cpu for chunk in results for _, _, cpu in chunk[-1:])
+    print(
+        "cpu/webhook     "
+        f"app {(cpu_after['app'] - cpu_before['app']) / count * 1000:.2f} ms, "
+        f"postgres {(cpu_after['postgres'] - cpu_before['postgres']) / count * 1000:.2f} ms, "
+        f"clients {client_cpu / count * 1000:.2f} ms"
+    )
     print(f"statuses        {statuses}")
     print("invariants      " + json.dumps(check_invariants(unique), sort_keys=True, default=str))
 

@@ -162,18 +162,45 @@ def insert_one(obj: Model) -> None:
 def select_for_update(model: type[Model], pk: Any, *, where: dict[str, Any] | None = None) -> Model:
     """The row with this primary key (or matching `where`, column: value) as an instance,
     locked (SELECT ... FOR UPDATE); raises model.DoesNotExist."""
-    fields = model._meta.concrete_fields
-    table = _quote(model._meta.db_table)
-    columns = ", ".join(_quote(f.column) for f in fields)
     where = where or {model._meta.pk.column: pk}
     condition = " AND ".join(f"{_quote(column)} = %s" for column in where)
-    with hot_cursor() as cursor:
-        cursor.execute(
-            f"SELECT {columns} FROM {table} WHERE {condition} FOR UPDATE", list(where.values())
-        )
-        row = cursor.fetchone()
-    if row is None:
+    (found,) = lock_rows([(model, condition, list(where.values()))])
+    if found is None:
         raise model.DoesNotExist(f"{model.__name__} {pk or where} does not exist")
+    return found
+
+
+def lock_rows(specs: Sequence[tuple[type[Model], str, list[Any]]]) -> list[Model | None]:
+    """Lock one row per (model, SQL condition, params) and return them as instances (None
+    where no row matched): one SELECT ... FOR UPDATE each, run in the order given, all
+    sent in one round trip (psycopg's pipeline mode; BEGIN travels with them).
+
+    Each statement starts after the one before it has its lock, so a condition may read
+    what an earlier one locked (e.g. a reference stored on it)."""
+    connection.ensure_connection()
+    cursors = []
+    with connection.connection.pipeline():
+        for model, condition, params in specs:
+            cursor = hot_cursor()
+            cursor.execute(f"{_select_sql(model)} WHERE {condition} FOR UPDATE", params)
+            cursors.append(cursor)
+        rows = [cursor.fetchone() for cursor in cursors]
+    for cursor in cursors:
+        cursor.close()
+    return [
+        None if row is None else _instance(model, row)
+        for (model, _, _), row in zip(specs, rows, strict=True)
+    ]
+
+
+@cache
+def _select_sql(model: type[Model]) -> str:
+    columns = ", ".join(_quote(f.column) for f in model._meta.concrete_fields)
+    return f"SELECT {columns} FROM {_quote(model._meta.db_table)}"
+
+
+def _instance(model: type[Model], row: Sequence[Any]) -> Model:
+    fields = model._meta.concrete_fields
     values = [
         f.from_db_value(value, None, connection) if hasattr(f, "from_db_value") else value
         for f, value in zip(fields, row, strict=True)

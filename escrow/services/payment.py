@@ -118,6 +118,7 @@ def confirm_payment_batched(
     escrow_id: str,
     payment: IncomingPayment,
     batch: StatementBatch,
+    locked: Escrow | None = None,
     source: str = "webhook",
     actor_id: int | None = None,
     reason: str = "",
@@ -127,9 +128,10 @@ def confirm_payment_batched(
     for an escrow awaiting it. The same policy (_apply_to_holding) with its writes added
     to `batch`, which the caller runs (with its own rows) as one statement.
 
-    Reads take two statements: the escrow's row lock, then (with a snapshot taken after
-    the lock, so nothing read is older than the locked row) its holding, the accounts,
-    whether this provider transaction was applied before, and preallocated ids.
+    Reads take two statements: the escrow's row lock (unless the caller passes the
+    escrow it `locked`), then (with a snapshot taken after the lock, so nothing read is
+    older than the locked row) its holding, the accounts, whether this provider
+    transaction was applied before, and preallocated ids.
 
     Returns None, having written nothing (the escrow row stays locked, as the general path
     would lock it anyway), when the case is the general path's: no such escrow, one not
@@ -141,7 +143,8 @@ def confirm_payment_batched(
         raise ApplicationError("A payment needs its provider and provider transaction id.")
     now = now or timezone.now()
     key = f"{payment.provider}:{payment.tx_id}"
-    escrow = _lock_escrow_row(escrow_id)
+    # The caller may have locked the escrow already (in its first round trip).
+    escrow = locked if locked and locked.escrow_id == escrow_id else _lock_escrow_row(escrow_id)
     if escrow is None or escrow.status not in AWAITING_PAYMENT:
         return None
     state = _payment_state(escrow, payment, key)

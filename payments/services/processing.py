@@ -228,7 +228,28 @@ def _describe(transfer: Transfer) -> dict[str, Any]:
     }
 
 
-def _process_locked(receipt: WebhookReceipt, *, source: str, actor_id: int | None) -> ProcessResult:
+def _lock_receipt(receipt_id: int) -> tuple[WebhookReceipt, Escrow | None]:
+    """The receipt, locked, and on PostgreSQL also the escrow it names (the reference
+    stored when it arrived), locked in that order and in the same round trip as BEGIN.
+    The hot path uses that escrow if the parsed body names the same one."""
+    if not sqlbatch.supported():
+        return WebhookReceipt.objects.select_for_update().get(pk=receipt_id), None
+    table = WebhookReceipt._meta.db_table
+    receipt, escrow = sqlbatch.lock_rows(
+        [
+            (WebhookReceipt, '"id" = %s', [receipt_id]),
+            (Escrow, f'"escrow_id" = (SELECT "escrow_ref" FROM "{table}" WHERE "id" = %s)',
+             [receipt_id]),
+        ]
+    )  # fmt: skip
+    if receipt is None:
+        raise WebhookReceipt.DoesNotExist(f"webhook receipt #{receipt_id} does not exist")
+    return receipt, escrow
+
+
+def _process_locked(
+    receipt: WebhookReceipt, *, source: str, actor_id: int | None, escrow: Escrow | None = None
+) -> ProcessResult:
     result = ProcessResult(receipt_id=receipt.pk, outcome=receipt.outcome)
     if receipt.outcome in FINAL_OUTCOMES:
         # Retrying something that already ended is a no-op, never a second application.
@@ -249,7 +270,7 @@ def _process_locked(receipt: WebhookReceipt, *, source: str, actor_id: int | Non
     receipt.payload_hash = note.payload_hash
 
     hot = note.event == EventType.CONFIRMED and note.escrow_ref and sqlbatch.supported()
-    if hot and _apply_batched(receipt, note, result, source, actor_id):
+    if hot and _apply_batched(receipt, note, result, source, actor_id, escrow):
         return result
     try:
         # A savepoint: if a business rule refuses the event, the claim and every effect
@@ -270,6 +291,7 @@ def _apply_batched(
     result: ProcessResult,
     source: str,
     actor_id: int | None,
+    escrow: Escrow | None,
 ) -> bool:
     """The PostgreSQL hot path for a confirmed payment to an escrow awaiting it: the claim,
     every effect and the receipt's outcome written by one statement (escrowsite.sqlbatch).
@@ -286,6 +308,7 @@ def _apply_batched(
             escrow_id=note.escrow_ref,
             payment=note.to_incoming_payment(),
             batch=batch,
+            locked=escrow,
             source=source,
             actor_id=actor_id,
             reason=f"webhook receipt #{receipt.pk}",
@@ -360,12 +383,8 @@ def process_receipt(
     the failure (record_failure) and answers 5xx.
     """
     with transaction.atomic(durable=True), ledger.deferred_system_balances():
-        receipt = (
-            sqlbatch.select_for_update(WebhookReceipt, receipt_id)
-            if sqlbatch.supported()
-            else WebhookReceipt.objects.select_for_update().get(pk=receipt_id)
-        )
-        result = _process_locked(receipt, source=source, actor_id=actor_id)
+        receipt, escrow = _lock_receipt(receipt_id)
+        result = _process_locked(receipt, source=source, actor_id=actor_id, escrow=escrow)
         if not result.already_final and not result.saved:
             _save_outcome(receipt, result)
         if audit is not None:
