@@ -42,6 +42,8 @@ def hot_cursor():
     connection. Wrapped like any Django cursor: execute_wrapper hooks and query logging
     see its statements."""
     connection.ensure_connection()
+    # _prepare_cursor is how Django wraps its own cursors (thread check, query logging,
+    # execute_wrapper hooks); the fault-injection and query-count tests rely on it.
     return connection._prepare_cursor(psycopg.Cursor(connection.connection))
 
 

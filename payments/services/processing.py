@@ -1,5 +1,12 @@
 """Processing a stored receipt in one durable transaction: dedupe claim, handler, effects
-and outcome in the same commit (or a dry-run preview that rolls back)."""
+and outcome in the same commit (or a dry-run preview that rolls back).
+
+Two ways to write the same thing. On PostgreSQL a confirmed payment for an escrow awaiting
+it goes through _apply_batched: the payment policy's rows, the claim and the outcome in
+one statement (escrowsite.sqlbatch). Every other case, and every other database, goes
+through the general path: the claim, then the event's handler inside a savepoint, one ORM
+query per row. payments/tests/test_hot_path.py holds the two to the same rows.
+"""
 
 import logging
 from collections.abc import Callable
