@@ -7,12 +7,14 @@ a refusal undoes only the service's own writes and leaves the caller's transacti
 top-level callers (webhook processing, commands, admin actions) wrap them in
 transaction.atomic(durable=True).
 
-A package: `common` (values, the row lock, history, records, outbox, holding), `creation`,
-`payment` (the payment policy) and `lifecycle` (everything after payment). Callers import
+A package: `common` (values, the row lock, history, records, outbox, holding, and where
+writes go), `creation`, `payment` (the payment policy), `batched` (the PostgreSQL webhook
+hot path's way into that same policy) and `lifecycle` (everything after payment). Callers import
 from here. Tests that patch a helper patch it where it is looked up: the payment path's
 helpers in `escrow.services.payment`, the outbox call of `_notify` in `common`.
 """
 
+from escrow.services.batched import confirm_payment_batched
 from escrow.services.common import IncomingPayment, PaymentOutcome, lock_escrow
 from escrow.services.creation import ESCROW_ID_FORMAT, create_escrow, new_escrow_id
 from escrow.services.lifecycle import (
@@ -29,7 +31,7 @@ from escrow.services.lifecycle import (
     release_escrow,
     resolve_dispute,
 )
-from escrow.services.payment import confirm_payment, confirm_payment_batched
+from escrow.services.payment import confirm_payment
 
 __all__ = [
     "ESCROW_ID_FORMAT",

@@ -124,7 +124,7 @@ def test_every_sql_statement_of_the_apply_path_failing_in_turn_leaves_nothing_pa
 HOT_STEPS = [
     ("payments.services.processing", "_lock_receipt"),
     ("escrowsite.sqlbatch", "lock_rows"),
-    ("escrow.services.payment", "_payment_state"),
+    ("escrow.services.batched", "_payment_state"),
     ("escrow.services.payment", "_apply_to_holding"),
     ("escrow.services.payment", "_record"),
     ("escrow.services.payment", "_set_status"),
