@@ -142,6 +142,31 @@ class _PaymentState:
     taken: set[str]
 
 
+# Prepared once per connection and planned once (a generic plan): the account kinds are
+# literals, not parameters, so the planner can use the partial unique indexes on them.
+_STATE_SQL = f"""
+    SELECT h.id, h.status, h.created_at, ha.id, ha.balance, ha.created_at,
+        w.id, w.balance, w.created_at,
+        (SELECT id FROM wallets_account WHERE kind = '{AccountKind.PROVIDER_CLEARING.value}'
+            AND provider = %s AND currency = %s),
+        EXISTS (SELECT 1 FROM wallets_transfer WHERE idempotency_key IN (%s, %s)),
+        ARRAY(SELECT transaction_id FROM wallets_transaction
+            WHERE transaction_id IN (%s, %s)),
+        {allocate_ids(Transfer, 2)},
+        {allocate_ids(Transaction, 2)},
+        CASE WHEN h.id IS NULL THEN {allocate_ids(Account, 1)} END,
+        CASE WHEN h.id IS NULL THEN {allocate_ids(EscrowHolding, 1)} END
+    FROM (SELECT 1) AS one
+    LEFT JOIN escrow_escrowholding h ON h.escrow_id = %s
+    LEFT JOIN wallets_account ha ON ha.id = h.account_id
+    LEFT JOIN LATERAL (
+        SELECT id, balance, created_at FROM wallets_account
+        WHERE kind = '{AccountKind.CUSTOMER.value}' AND customer_id = %s AND currency = %s
+        FOR UPDATE
+    ) w ON true
+"""
+
+
 def _payment_state(escrow: Escrow, payment: IncomingPayment, key: str) -> _PaymentState | None:
     """What the policy reads, in one statement run after the escrow's lock was granted (so
     its snapshot is no older than the locked row): the holding, the clearing account, the
@@ -149,37 +174,16 @@ def _payment_state(escrow: Escrow, payment: IncomingPayment, key: str) -> _Payme
     system accounts), record ids in use, and preallocated primary keys. None if this is
     the general path's case (applied before, or no clearing account yet)."""
     record_ids = [record_id(p, escrow.escrow_id, payment.tx_id) for p in _RECORD_PREFIXES]
-    sql = f"""
-        SELECT h.id, h.status, h.created_at, ha.id, ha.balance, ha.created_at,
-            w.id, w.balance, w.created_at,
-            (SELECT id FROM wallets_account WHERE kind = %s AND provider = %s
-                AND currency = %s),
-            EXISTS (SELECT 1 FROM wallets_transfer WHERE idempotency_key = ANY(%s)),
-            ARRAY(SELECT transaction_id FROM wallets_transaction
-                WHERE transaction_id = ANY(%s)),
-            {allocate_ids(Transfer, 2)},
-            {allocate_ids(Transaction, 2)},
-            CASE WHEN h.id IS NULL THEN {allocate_ids(Account, 1)} END,
-            CASE WHEN h.id IS NULL THEN {allocate_ids(EscrowHolding, 1)} END
-        FROM (SELECT 1) AS one
-        LEFT JOIN escrow_escrowholding h ON h.escrow_id = %s
-        LEFT JOIN wallets_account ha ON ha.id = h.account_id
-        LEFT JOIN LATERAL (
-            SELECT id, balance, created_at FROM wallets_account
-            WHERE kind = %s AND customer_id = %s AND currency = %s FOR UPDATE
-        ) w ON true
-    """
     with hot_cursor() as cursor:
         cursor.execute(
-            sql,
+            _STATE_SQL,
             [
-                AccountKind.PROVIDER_CLEARING,
                 payment.provider,
                 escrow.currency,
-                [f"{key}:escrow_payment", f"{key}:late_payment_credit"],
-                record_ids,
+                f"{key}:escrow_payment",
+                f"{key}:late_payment_credit",
+                *record_ids,
                 escrow.pk,
-                AccountKind.CUSTOMER,
                 escrow.buyer_id,
                 escrow.currency,
             ],
