@@ -237,8 +237,8 @@ def _describe(transfer: Transfer) -> dict[str, Any]:
 
 def _lock_receipt(receipt_id: int) -> tuple[WebhookReceipt, Escrow | None]:
     """The receipt, locked, and on PostgreSQL also the escrow it names (the reference
-    stored when it arrived), locked in that order and in the same round trip as BEGIN.
-    The hot path uses that escrow if the parsed body names the same one."""
+    stored when it arrived), locked in that order, as the general path locks them. The
+    hot path uses that escrow if the parsed body names the same one."""
     if not sqlbatch.supported():
         return WebhookReceipt.objects.select_for_update().get(pk=receipt_id), None
     table = WebhookReceipt._meta.db_table
