@@ -248,6 +248,51 @@ def _same(existing: Transfer, leg: Leg) -> bool:
     )
 
 
+def _checked_keys(legs: Sequence[Leg]) -> list[str]:
+    for leg in legs:
+        _validate(leg)
+    keys = [leg.idempotency_key for leg in legs]
+    if len(set(keys)) != len(keys):
+        raise LedgerError("idempotency keys repeat within one posting")
+    return keys
+
+
+def _checked_deltas(legs: Sequence[Leg], accounts: dict[int, Account]) -> dict[int, Decimal]:
+    """Each account's balance change; InsufficientFunds if a wallet or holding would go
+    below zero (`accounts` must carry their current, locked balances)."""
+    delta: dict[int, Decimal] = defaultdict(Decimal)
+    for leg in legs:
+        delta[leg.debit.pk] -= leg.amount
+        delta[leg.credit.pk] += leg.amount
+    for account_id, change in delta.items():
+        account = accounts[account_id]
+        if account.kind in NON_NEGATIVE_KINDS and account.balance + change < 0:
+            raise InsufficientFunds(
+                f"{account} has {account.balance}, cannot pay out {-change}",
+                {"account_id": account_id, "balance": str(account.balance)},
+            )
+    return delta
+
+
+def _transfer(leg: Leg, pk: int | None = None) -> Transfer:
+    return Transfer(
+        pk=pk,
+        kind=leg.kind,
+        amount=leg.amount,
+        currency=leg.debit.currency,
+        # The objects, not just ids: callers describing the transfers (e.g. a dry-run
+        # preview) then need no further queries.
+        debit_account=leg.debit,
+        credit_account=leg.credit,
+        idempotency_key=leg.idempotency_key,
+        escrow_id=leg.escrow_id,
+        reference=leg.reference,
+        memo=leg.memo,
+        actor_id=leg.actor_id,
+        reverses_id=leg.reverses_id,
+    )
+
+
 def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
     """Post all legs atomically and return their transfers, in the order given.
 
@@ -258,11 +303,7 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
     """
     if not legs:
         return []
-    for leg in legs:
-        _validate(leg)
-    keys = [leg.idempotency_key for leg in legs]
-    if len(set(keys)) != len(keys):
-        raise LedgerError("idempotency keys repeat within one posting")
+    keys = _checked_keys(legs)
 
     with transaction.atomic(savepoint=False):
         accounts = _lock_for_posting([a for leg in legs for a in (leg.debit, leg.credit)])
@@ -301,39 +342,9 @@ def post_transfers(legs: Sequence[Leg]) -> list[Transfer]:
                     {"transfer_id": original_id, "reversal_id": reversal_id},
                 )
 
-        delta: dict[int, Decimal] = defaultdict(Decimal)
-        for leg in new_legs:
-            delta[leg.debit.pk] -= leg.amount
-            delta[leg.credit.pk] += leg.amount
-        for account_id, change in delta.items():
-            account = accounts[account_id]
-            if account.kind in NON_NEGATIVE_KINDS and account.balance + change < 0:
-                raise InsufficientFunds(
-                    f"{account} has {account.balance}, cannot pay out {-change}",
-                    {"account_id": account_id, "balance": str(account.balance)},
-                )
-
+        delta = _checked_deltas(new_legs, accounts)
         try:
-            created = Transfer.objects.bulk_create(
-                [
-                    Transfer(
-                        kind=leg.kind,
-                        amount=leg.amount,
-                        currency=leg.debit.currency,
-                        # The objects, not just ids: callers describing the transfers
-                        # (e.g. a dry-run preview) then need no further queries.
-                        debit_account=leg.debit,
-                        credit_account=leg.credit,
-                        idempotency_key=leg.idempotency_key,
-                        escrow_id=leg.escrow_id,
-                        reference=leg.reference,
-                        memo=leg.memo,
-                        actor_id=leg.actor_id,
-                        reverses_id=leg.reverses_id,
-                    )
-                    for leg in new_legs
-                ]
-            )
+            created = Transfer.objects.bulk_create([_transfer(leg) for leg in new_legs])
         except IntegrityError as exc:
             # A concurrent post of the same key among accounts we did not lock: let the
             # caller's unit of work fail visibly and be retried; on retry it is idempotent.
@@ -372,43 +383,14 @@ def post_transfers_batched(
     """
     if not legs:
         return []
-    for leg in legs:
-        _validate(leg)
-        if leg.reverses_id is not None:
-            raise LedgerError("reversals go through post_transfers")
-    keys = [leg.idempotency_key for leg in legs]
-    if len(set(keys)) != len(keys):
-        raise LedgerError("idempotency keys repeat within one posting")
+    _checked_keys(legs)
+    if any(leg.reverses_id is not None for leg in legs):
+        raise LedgerError("reversals go through post_transfers")
     if len(ids) < len(legs):
         raise LedgerError("not enough preallocated transfer ids")
     accounts = {a.pk: a for leg in legs for a in (leg.debit, leg.credit)}
-    delta: dict[int, Decimal] = defaultdict(Decimal)
-    for leg in legs:
-        delta[leg.debit.pk] -= leg.amount
-        delta[leg.credit.pk] += leg.amount
-    for account_id, change in delta.items():
-        account = accounts[account_id]
-        if account.kind in NON_NEGATIVE_KINDS and account.balance + change < 0:
-            raise InsufficientFunds(
-                f"{account} has {account.balance}, cannot pay out {-change}",
-                {"account_id": account_id, "balance": str(account.balance)},
-            )
-    transfers = [
-        Transfer(
-            pk=pk,
-            kind=leg.kind,
-            amount=leg.amount,
-            currency=leg.debit.currency,
-            debit_account=leg.debit,
-            credit_account=leg.credit,
-            idempotency_key=leg.idempotency_key,
-            escrow_id=leg.escrow_id,
-            reference=leg.reference,
-            memo=leg.memo,
-            actor_id=leg.actor_id,
-        )
-        for pk, leg in zip(ids, legs, strict=False)
-    ]
+    delta = _checked_deltas(legs, accounts)
+    transfers = [_transfer(leg, pk) for pk, leg in zip(ids, legs, strict=False)]
     batch.insert(transfers)
     for account_id, change in delta.items():
         if not change:
