@@ -219,7 +219,7 @@ def test_the_whole_command_skips_an_escrow_paid_between_planning_and_handling(mo
         pay(escrow)
         return tasks
 
-    monkeypatch.setattr(sweeps, "plan_sweep", plan_then_pay)
+    monkeypatch.setattr(sweeps.run, "plan_sweep", plan_then_pay)
     report, code = sweep("--no-warnings")
     assert code == 0
     assert by_escrow(report) == {
