@@ -20,7 +20,7 @@ def _default_port() -> int:
 class Command(BaseCommand):
     help = (
         "Serve the DynoPay sandbox (in-memory payments API plus signed webhooks) on "
-        "127.0.0.1. The HTTP API is documented in payments/sandbox.py."
+        "127.0.0.1. The HTTP API is documented in payments/sandbox/__init__.py."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
