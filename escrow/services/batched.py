@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Model
 from django.utils import timezone
 
@@ -20,7 +20,7 @@ from escrow.services import payment as policy
 from escrow.services.common import BatchWrites, IncomingPayment, PaymentOutcome, record_id
 from escrow.transitions import AWAITING_PAYMENT
 from escrowsite.errors import ApplicationError
-from escrowsite.sqlbatch import StatementBatch, allocate_ids, hot_cursor
+from escrowsite.sqlbatch import StatementBatch, allocate_ids, hot_cursor, lock_rows
 from wallets import ledger
 from wallets.models import Account, AccountKind, Transaction, Transfer
 
@@ -55,8 +55,11 @@ def confirm_payment_batched(
         raise ApplicationError("A payment needs its provider and provider transaction id.")
     now = now or timezone.now()
     key = f"{payment.provider}:{payment.tx_id}"
-    # The caller may have locked the escrow already (in its first round trip).
-    escrow = locked if locked and locked.escrow_id == escrow_id else _lock_escrow_row(escrow_id)
+    # The caller may have locked the escrow already (with the receipt naming it).
+    if locked is not None and locked.escrow_id == escrow_id:
+        escrow = locked
+    else:
+        (escrow,) = lock_rows([(Escrow, '"escrow_id" = %s', [escrow_id])])
     if escrow is None or escrow.status not in AWAITING_PAYMENT:
         return None
     state = _payment_state(escrow, payment, key)
@@ -113,20 +116,6 @@ def confirm_payment_batched(
         transaction.savepoint_commit(savepoint)
     outcome.status_before = status_before
     return outcome
-
-
-def _lock_escrow_row(escrow_id: str) -> Escrow | None:
-    fields = Escrow._meta.concrete_fields
-    columns = ", ".join(f'"{f.column}"' for f in fields)
-    with hot_cursor() as cursor:
-        cursor.execute(
-            f'SELECT {columns} FROM "{Escrow._meta.db_table}" WHERE "escrow_id" = %s FOR UPDATE',
-            [escrow_id],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return Escrow.from_db(connection.alias, [f.attname for f in fields], row)
 
 
 # Both records a payment may write: their ids are checked for a clash (see _record).

@@ -267,3 +267,21 @@ def test_the_common_case_takes_a_handful_of_statements():
     statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
     # Lock the receipt, lock the escrow, read what the policy needs, write everything.
     assert len(statements) == 4, statements
+
+
+def test_the_hot_path_locks_the_escrow_itself_when_the_caller_has_not():
+    from escrow import services as escrow_services
+    from escrow.tests.factories import make_payment
+
+    escrow = incident_escrow()
+    batch = sqlbatch.StatementBatch()
+    with transaction.atomic():
+        outcome = escrow_services.confirm_payment_batched(
+            escrow_id=escrow.escrow_id, payment=make_payment(Decimal("101.00")), batch=batch
+        )
+        assert outcome is not None and outcome.kind == "confirmed"
+        batch.execute()
+    escrow.refresh_from_db()
+    assert escrow.status == EscrowStatus.PAYMENT_CONFIRMED
+    assert escrow.holding.account.balance == escrow.total_due
+    assert_ledger_balanced()
