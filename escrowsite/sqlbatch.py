@@ -1,17 +1,19 @@
-"""Many writes in one PostgreSQL statement, compiled by Django's own SQL compiler.
+"""Many writes in one PostgreSQL statement, for the webhook hot path.
 
-The webhook hot path writes about fifteen rows per payment. Sent one ORM call at a time,
-each costs a round trip plus the ORM's per-query overhead, which dominated the path. A
-StatementBatch collects the same model instances the ORM would save and sends them as
-one statement of data-modifying CTEs (`WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) ...`).
+The hot path writes about fifteen rows per payment. Sent one ORM call at a time, each
+cost a round trip plus the ORM's per-query overhead, which dominated the path. A
+StatementBatch takes the same model instances the ORM would save and sends them as one
+statement of data-modifying CTEs (`WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) ...`).
 
-Rules that keep this exact:
+Rules that keep this exact (payments/tests/test_hot_path.py compares every row with the
+ORM path's):
 - Rows go in with their primary keys already allocated (`allocate_ids`), so no part of
-  the statement needs another's RETURNING; the column values, defaults and
-  `auto_now_add` stamps come from the same compiler bulk_create uses.
+  the statement needs another's RETURNING. Column values come from each field's
+  `pre_save` (which stamps `auto_now_add`), as in an ORM insert, and travel as one jsonb
+  parameter per part, typed by PostgreSQL (`jsonb_populate_recordset`).
 - A row inserted by the statement cannot be updated by it (all parts see one snapshot):
-  an instance added with `insert` is compiled when the batch runs, so later changes to
-  the instance are part of its INSERT, and `update` refuses such an instance.
+  an instance added with `insert` is serialised when the batch runs, so later changes to
+  the instance are part of its INSERT, and `update_instance` leaves it alone.
 - Each row is updated at most once per batch (PostgreSQL would apply only one of two
   updates of the same row in one statement): `update` merges into the earlier one.
 - Foreign keys are DEFERRABLE INITIALLY DEFERRED (Django's PostgreSQL default), so the
