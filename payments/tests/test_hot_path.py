@@ -285,3 +285,28 @@ def test_the_hot_path_locks_the_escrow_itself_when_the_caller_has_not():
     assert escrow.status == EscrowStatus.PAYMENT_CONFIRMED
     assert escrow.holding.account.balance == escrow.total_due
     assert_ledger_balanced()
+
+
+def test_the_hot_statements_are_prepared_and_planned_once():
+    # Each hot statement is prepared on the connection and, after PostgreSQL's five
+    # custom plans, runs on one cached generic plan. A statement planned afresh on every
+    # delivery (as the state query was while its account kinds were parameters, which
+    # hid the partial unique indexes) costs PostgreSQL CPU on every webhook.
+    escrow = incident_escrow()
+    services.run_processing(receipt_id=stored_delivery(escrow.escrow_id, tx()).pk, source="test")
+    # psycopg prepares a statement on its 6th run; PostgreSQL plans its first 5 prepared
+    # runs afresh, then settles on a generic plan if that is as good.
+    for _ in range(16):
+        other = make_escrow(buyer_id=escrow.buyer_id)
+        receipt = stored_delivery(other.escrow_id, tx(), base_amount="101.00")
+        assert services.run_processing(receipt_id=receipt.pk, source="webhook").status == 200
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT left(statement, 60), generic_plans, custom_plans FROM pg_prepared_statements"
+        )
+        prepared = cursor.fetchall()
+    assert len(prepared) >= 4, prepared  # receipt insert, two locks, state, batch
+    settled = [row for row in prepared if row[1] + row[2] >= 8]
+    assert len(settled) >= 4, prepared
+    replanned = [row for row in settled if row[1] == 0]
+    assert not replanned, replanned
