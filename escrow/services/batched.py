@@ -138,7 +138,7 @@ _STATE_SQL = f"""
         w.id, w.balance, w.created_at,
         (SELECT id FROM wallets_account WHERE kind = '{AccountKind.PROVIDER_CLEARING.value}'
             AND provider = %s AND currency = %s),
-        EXISTS (SELECT 1 FROM wallets_transfer WHERE idempotency_key IN (%s, %s)),
+        EXISTS (SELECT 1 FROM wallets_transfer WHERE reference = %s),
         ARRAY(SELECT transaction_id FROM wallets_transaction
             WHERE transaction_id IN (%s, %s)),
         {allocate_ids(Transfer, 2)},
@@ -160,8 +160,13 @@ def _payment_state(escrow: Escrow, payment: IncomingPayment, key: str) -> _Payme
     """What the policy reads, in one statement run after the escrow's lock was granted (so
     its snapshot is no older than the locked row): the holding, the clearing account, the
     buyer's wallet (row-locked: the batch may credit it, and wallets are locked before
-    system accounts), record ids in use, and preallocated primary keys. None if this is
-    the general path's case (applied before, or no clearing account yet)."""
+    system accounts), record ids in use, and preallocated primary keys.
+
+    None if this is the general path's case: no clearing account yet, or this provider
+    transaction moved money before, to any account (an escrow, a wallet, suspense). Then
+    the general path decides between duplicate, conflict and late payment; the hot path
+    would only fail on the dedupe row, on every retry.
+    """
     record_ids = [record_id(p, escrow.escrow_id, payment.tx_id) for p in _RECORD_PREFIXES]
     with hot_cursor() as cursor:
         cursor.execute(
@@ -169,8 +174,7 @@ def _payment_state(escrow: Escrow, payment: IncomingPayment, key: str) -> _Payme
             [
                 payment.provider,
                 escrow.currency,
-                f"{key}:escrow_payment",
-                f"{key}:late_payment_credit",
+                key,
                 *record_ids,
                 escrow.pk,
                 escrow.buyer_id,

@@ -310,3 +310,16 @@ def test_the_hot_statements_are_prepared_and_planned_once():
     assert len(settled) >= 4, prepared
     replanned = [row for row in settled if row[1] == 0]
     assert not replanned, replanned
+
+
+def test_a_payment_parked_in_suspense_then_named_for_an_escrow_is_a_conflict(monkeypatch):
+    # The same provider transaction first arrives for an unknown escrow (parked), then
+    # names a real one: a different payload for a claimed event. Both paths answer 409
+    # and apply nothing; the hot path must not fail on the claim instead (a 500 that
+    # every retry would repeat).
+    escrow = make_escrow()
+    shared = tx()
+    responses = same_on_both_paths(
+        [("ES000000NONE", shared, "20.00"), (escrow.escrow_id, shared, "20.00")], monkeypatch
+    )
+    assert responses == [(200, "parked"), (409, "conflict")]
