@@ -124,11 +124,14 @@ class StatementBatch:
     def as_sql(self) -> tuple[str, list[Any]]:
         parts: list[str] = []
         params: list[Any] = []
+        # One INSERT per model (and kind of insert): fewer parts for PostgreSQL to set up,
+        # and the same statement text whatever the number of rows.
+        groups: dict[tuple[type[Model], bool, bool], list[Model]] = {}
         for model, objs, ignore in self._inserts:
-            with_pk = objs[0].pk is not None
-            fields = _insert_fields(model, with_pk)
+            groups.setdefault((model, objs[0].pk is not None, ignore), []).extend(objs)
+        for (model, with_pk, ignore), objs in groups.items():
             parts.append(_insert_sql(model, with_pk, ignore))
-            params.append(_rows_json(fields, objs))
+            params.append(_rows_json(_insert_fields(model, with_pk), objs))
         for (model, pk), columns in self._updates.items():
             added = tuple(sorted(c for c, v in columns.items() if isinstance(v, Add)))
             row = {model._meta.pk.column: pk} | {
