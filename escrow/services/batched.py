@@ -43,11 +43,12 @@ def confirm_payment_batched(
     Reads take two statements: the escrow's row lock (unless the caller passes the
     escrow it `locked`), then (with a snapshot taken after the lock, so nothing read is
     older than the locked row) its holding, the accounts, whether this provider
-    transaction was applied before, and preallocated ids.
+    transaction moved money before, and preallocated ids.
 
     Returns None, having written nothing (the escrow row stays locked, as the general path
     would lock it anyway), when the case is the general path's: no such escrow, one not
-    awaiting payment, a provider transaction seen before, or no clearing account yet.
+    awaiting payment, a provider transaction that moved money before, or no clearing
+    account yet.
     Raises ApplicationError, having written nothing, where confirm_payment would.
     """
     amount = policy._payment_amount(payment)
@@ -189,8 +190,9 @@ def _payment_state(escrow: Escrow, payment: IncomingPayment, key: str) -> _Payme
         transfer_ids, record_pks, account_ids, holding_ids,
     ) = row  # fmt: skip
     if applied_before or clearing_id is None:
-        # Applied before, or the first payment ever from this provider in this currency
-        # (whose clearing account the general path opens).
+        # This provider transaction moved money before, or this is the first payment
+        # ever from this provider in this currency (the general path opens its clearing
+        # account).
         return None
     clearing = Account(
         pk=clearing_id,
