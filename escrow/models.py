@@ -179,6 +179,18 @@ class StatusChange(models.Model):
     reason = models.TextField(blank=True)
 
     class Meta:
+        # Every writer (creation, the services, the sweep's batch, the scale seed) records
+        # both ends of a move as real statuses; creation starts from `created`, never "".
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(from_status__in=EscrowStatus.values),
+                name="status_change_from_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(to_status__in=EscrowStatus.values),
+                name="status_change_to_status_valid",
+            ),
+        ]
         indexes = [
             models.Index(fields=["escrow", "at"], name="status_change_escrow_idx"),
             # The back-office history list, newest first, and its to-status filter.

@@ -83,6 +83,7 @@ def test_incident_es101325wzy2_is_applied_completely_and_committed_before_200(cl
     assert wallet(BUYER) == Decimal("11.61")
     record = Transaction.objects.get(transaction_id="ESC_ES101325WZY2_6462e85a")
     assert record.amount == Decimal("101.00")
+    assert record.currency == "USD"  # the USD figure, never under the coin's label
     assert record.crypto_amount == Decimal("0.9187") and record.crypto_currency == "LTC"
     holding = EscrowHolding.objects.get(escrow=escrow)
     assert holding.status == "held"
