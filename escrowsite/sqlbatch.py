@@ -43,6 +43,10 @@ def hot_cursor():
     repeat (after `prepare_threshold` runs) and PostgreSQL plans them once per
     connection. Wrapped like any Django cursor: execute_wrapper hooks and query logging
     see its statements."""
+    # As Django's own cursor() does: a connection kept from an earlier request is checked
+    # (CONN_HEALTH_CHECKS) before its first statement, here usually the receipt INSERT,
+    # so a connection the server dropped is replaced instead of failing the delivery.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     # _prepare_cursor is how Django wraps its own cursors (thread check, query logging,
     # execute_wrapper hooks); the fault-injection and query-count tests rely on it.

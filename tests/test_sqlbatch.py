@@ -177,3 +177,19 @@ def test_batched_posting_refuses_what_post_transfers_refuses():
             ids=[1],
         )
     assert not batch
+
+
+def test_a_json_value_the_orm_would_refuse_is_refused_in_a_batch_too():
+    # A JSONField takes what json.dumps takes, on both paths: a Decimal inside a payload
+    # is an error, never quietly turned into a string on one path only.
+    def receipt() -> WebhookReceipt:
+        return WebhookReceipt(
+            provider="dynopay", headers={"amount": Decimal("1.00")}, body=b"{}", body_size=2,
+            body_sha256="0" * 64, signature_valid=True,
+        )  # fmt: skip
+
+    with pytest.raises(TypeError), transaction.atomic():
+        receipt().save()
+    with pytest.raises(TypeError), transaction.atomic():
+        sqlbatch.insert_one(receipt())
+    assert not WebhookReceipt.objects.exists()

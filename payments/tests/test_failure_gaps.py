@@ -1,6 +1,9 @@
 """Failed deliveries over real HTTP: a 5xx whenever the outcome is not committed, and no
 retry cap, so a delivery that failed many times is still reported and still applied."""
 
+import io
+import json
+
 import pytest
 from django.db import OperationalError
 from django.test import Client
@@ -15,7 +18,7 @@ from payments.tests.test_fault_injection import BUYER, assert_applied_once
 from payments.tests.test_retry_command import failed_receipt
 from payments.tests.test_retry_command import run as run_retry
 from payments.tests.test_webhook import incident_escrow, wallet
-from payments.tests.webhooks import INCIDENT_TX, payload, post
+from payments.tests.webhooks import INCIDENT_TX, encode, payload, post
 from wallets.tests.factories import break_ledger
 from wallets.tests.test_check import assert_flags, run_check
 
@@ -125,3 +128,64 @@ def test_there_is_no_retry_cap_a_delivery_failed_ten_times_is_reported_and_appli
     escrow.refresh_from_db()
     assert escrow.status == EscrowStatus.PAYMENT_CONFIRMED
     assert escrow.holding.account.balance == escrow.total_due
+
+
+def wsgi_post(body: bytes) -> tuple[str, dict]:
+    """POST through Django's production WSGI handler, which (unlike the test client)
+    runs the per-request connection upkeep: CONN_MAX_AGE and CONN_HEALTH_CHECKS."""
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from payments.signing import SIGNATURE_HEADER, sign
+    from payments.tests.webhooks import SECRET, URL
+
+    header = "HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_")
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": URL, "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80", "HTTP_HOST": "testserver", "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": "application/json", "REMOTE_ADDR": "127.0.0.1",
+        header: sign(body, SECRET),
+    }  # fmt: skip
+    started: list[str] = []
+    response = WSGIHandler()(environ, lambda status, headers: started.append(status))
+    content = b"".join(response)
+    response.close()
+    try:
+        return started[0], json.loads(content)
+    except ValueError:  # Django's own error page
+        return started[0], {"content": content.decode(errors="replace")[:500]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_database_dropped_between_deliveries_is_replaced_not_a_500(
+    monkeypatch,
+):
+    # A worker keeps its connection between requests (CONN_MAX_AGE). When the server
+    # drops it (restart, failover, idle timeout), the next delivery must find out before
+    # its first statement, the receipt INSERT, and reconnect: not answer 500 with no
+    # receipt stored at all.
+    import psycopg
+    from django.db import connection
+
+    # As in production (the project's PostgreSQL settings), whatever the test run's.
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 60)
+    monkeypatch.setitem(connection.settings_dict, "CONN_HEALTH_CHECKS", True)
+    escrow = incident_escrow()
+    second = make_escrow(buyer_id=escrow.buyer_id)
+    first = payload(tx_id=INCIDENT_TX)
+    assert wsgi_post(encode(first))[1]["outcome"] == "applied"
+    assert connection.connection is not None  # kept for the next request
+
+    params = connection.get_connection_params()
+    with psycopg.connect(autocommit=True, **params) as admin:
+        # Waits (up to 5 s) until the backend is gone.
+        pid = connection.connection.info.backend_pid
+        admin.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+
+    # The first database work since the drop is this request's.
+    status, body = wsgi_post(encode(payload(escrow_id=second.escrow_id)))
+    assert status.startswith("200"), body
+    assert body["outcome"] == "applied"
+    second.refresh_from_db()
+    assert second.status == EscrowStatus.PAYMENT_CONFIRMED
+    assert WebhookReceipt.objects.filter(outcome=Outcome.APPLIED).count() == 2
