@@ -1,13 +1,13 @@
-"""The webhook contract with no business in it, for benchmarks/webhook_floor.py.
+"""The webhook contract with no business in it, for `webhook_bench.py --floor`.
 
 What every implementation of the issue's contract must do per delivery, and nothing
 more: Django's full request cycle (the project's settings and middleware), the signature
 check and JSON parsing, a receipt INSERT committed on its own, then one durable
 transaction that locks the receipt, writes one effect row and marks its outcome (one
 statement: the fewest round trips the contract allows), and a 200 only after that
-commit. The same connection settings and prepared statements as
-the real hot path (escrowsite.sqlbatch.hot_cursor). Never part of the project's URLs:
-gunicorn serves this module only when the floor benchmark runs it.
+commit. The same connection settings and prepared statements as the real hot path
+(escrowsite.sqlbatch.hot_cursor). Never part of the project's URLs: gunicorn serves this
+module only when the floor benchmark runs it.
 """
 
 import json
