@@ -136,6 +136,11 @@ ESCROW_WARN_BEFORE_HOURS = env.float("ESCROW_WARN_BEFORE_HOURS", default=6.0)
 WALLET_ADJUSTMENT_APPROVAL_THRESHOLD = env.get_value(
     "WALLET_ADJUSTMENT_APPROVAL_THRESHOLD", cast=Decimal, default="100.00"
 )
+# ...counted together with the same staff member's own adjustments of the same customer
+# over this many hours, so five adjustments of 100.00 cannot slip under a 100.00 threshold.
+WALLET_ADJUSTMENT_APPROVAL_WINDOW_HOURS = env.float(
+    "WALLET_ADJUSTMENT_APPROVAL_WINDOW_HOURS", default=24.0
+)
 
 # --- Payments -------------------------------------------------------------------------
 # An underpayment of at most max(floor, percent of total due) still confirms the escrow.

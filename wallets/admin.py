@@ -85,9 +85,11 @@ class AdjustWalletForm(ReasonForm):
         super().__init__(*args, obj=obj, **kwargs)
         self.fields["idempotency_key"].initial = f"admin:{uuid.uuid4().hex}"
         threshold = wallet_services.approval_threshold()
-        self.fields[
-            "amount"
-        ].help_text += f" Above {threshold} (either way) it needs a second staff member's approval."
+        hours = wallet_services.approval_window_hours()
+        self.fields["amount"].help_text += (
+            f" Above {threshold} (either way), counted with your own adjustments of this "
+            f"customer in the last {hours:g} hours, it needs a second staff member's approval."
+        )
 
     def clean_amount(self) -> Decimal:
         amount = self.cleaned_data["amount"]
@@ -122,8 +124,9 @@ def _run_adjust(request: HttpRequest, obj: Customer | Account, data: dict[str, A
         )
     request_id = outcome.request.pk
     return Done(
-        f"{outcome.amount} is above the approval threshold: request #{request_id} now waits "
-        "for a second staff member's approval. Nothing was posted yet.",
+        f"{outcome.amount}, with your own recent adjustments of this customer, is above the "
+        f"approval threshold: request #{request_id} now waits for a second staff member's "
+        "approval. Nothing was posted yet.",
         messages.WARNING,
         _url("wallets_adjustmentrequest_change", request_id),
     )

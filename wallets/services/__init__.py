@@ -20,6 +20,7 @@ from wallets.services.common import (
     ACTION_REQUESTED,
     AdjustmentOutcome,
     approval_threshold,
+    approval_window_hours,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "AdjustmentOutcome",
     "adjust_wallet",
     "approval_threshold",
+    "approval_window_hours",
     "approve_adjustment",
     "reject_adjustment",
 ]

@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from escrow.models import StaffAction
 from escrowsite.errors import ApplicationError, NotFound
-from wallets.models import AdjustmentRequest, Customer, Transaction, Transfer
+from wallets.models import AdjustmentRequest, Transaction, Transfer
 from wallets.money import parse_decimal, quantize_usd
 
 ACTION_ADJUSTED = "wallet_adjustment"
@@ -50,6 +50,11 @@ def approval_threshold() -> Decimal:
     return parse_decimal(getattr(settings, "WALLET_ADJUSTMENT_APPROVAL_THRESHOLD", "100.00"))
 
 
+def approval_window_hours() -> float:
+    """How far back a staff member's own adjustments of a customer count with a new one."""
+    return float(getattr(settings, "WALLET_ADJUSTMENT_APPROVAL_WINDOW_HOURS", 24.0))
+
+
 def _check_amount(amount: object) -> Decimal:
     if not isinstance(amount, Decimal):
         raise ApplicationError(
@@ -82,14 +87,6 @@ def _staff(actor_id: int) -> AbstractBaseUser:
             {"actor_id": actor_id},
         )
     return user
-
-
-def _customer(customer_id: int) -> Customer:
-    customer = Customer.objects.filter(pk=customer_id).first()
-    if customer is None:
-        # Never created on the fly: an unknown id here is a typo, not a new customer.
-        raise NotFound(f"Customer {customer_id} does not exist.", {"customer_id": customer_id})
-    return customer
 
 
 def _direction(amount: Decimal) -> str:
