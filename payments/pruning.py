@@ -5,11 +5,13 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, F, Func, IntegerField, QuerySet, Sum
 from django.db.models.functions import Coalesce, Now
 
+from escrowsite.dbclock import db_now
 from payments.models import FINAL_OUTCOMES, WebhookReceipt
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,17 @@ class PruneReport:
         }
 
 
+class _OctetLength(Func):
+    function = "octet_length"
+    output_field = IntegerField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        # SQLite before 3.43 has no octet_length; length() of a BLOB counts its bytes.
+        return self.as_sql(compiler, connection, function="length", **extra)
+
+
 def _octet_length(column: str) -> Func:
-    return Func(F(column), function="octet_length", output_field=IntegerField())
+    return _OctetLength(F(column))
 
 
 def prunable_receipts(*, cutoff: datetime) -> QuerySet[WebhookReceipt]:
@@ -72,9 +83,7 @@ def cutoff_for(older_than: timedelta) -> datetime:
             f"refusing to prune receipts younger than {MIN_AGE.days} day(s) "
             f"(asked for {older_than}); use e.g. 90d"
         )
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT now() - %s", [older_than])
-        return cursor.fetchone()[0]
+    return db_now() - older_than
 
 
 def prune_receipts(

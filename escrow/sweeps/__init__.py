@@ -33,10 +33,10 @@ from escrow.sweeps.selection import (
     Candidate,
     ItemResult,
     SweepReport,
-    db_now,
     deadline_candidates,
     warning_candidates,
 )
+from escrowsite.dbclock import db_now
 
 __all__ = [
     "RULES",

@@ -31,6 +31,7 @@ from escrow.sweeps.selection import (
     Candidate,
     ItemResult,
     _warnable,
+    claim_queryset,
 )
 from notifications.models import Notification
 from notifications.services import enqueue_notification
@@ -68,6 +69,8 @@ def _claim(rule: Rule, escrow_pk: int, *, lock: bool) -> dict[str, Any] | None:
 def _claim_many(rule: Rule, escrow_pks: Sequence[int], *, lock: bool) -> list[dict[str, Any]]:
     """The escrows among `escrow_pks` still due under `rule`, locked unless a dry run
     (skipping any another sweep holds), with their payment guards."""
+    if connection.vendor != "postgresql":
+        return list(claim_queryset(rule, escrow_pks, lock=lock))
     params = {
         "pks": list(escrow_pks),
         "status": rule.status,

@@ -13,10 +13,10 @@ from escrow.sweeps.selection import (
     Candidate,
     ItemResult,
     SweepReport,
-    db_now,
     deadline_candidates,
     warning_candidates,
 )
+from escrowsite.dbclock import db_now
 
 # --- the whole sweep -------------------------------------------------------------------
 

@@ -1,20 +1,25 @@
 """Finding the work: candidate escrows by the database clock, and the result types."""
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import (
+    BooleanField,
     DateTimeField,
     DurationField,
+    Exists,
     ExpressionWrapper,
     F,
+    Func,
+    OuterRef,
+    Q,
     QuerySet,
     Value,
 )
-from django.db.models.functions import Greatest, Now
+from django.db.models.functions import Now
 
 from escrow.models import Escrow
 from escrow.sweeps.rules import (
@@ -28,8 +33,8 @@ from escrow.sweeps.rules import (
     warning_key,
 )
 from notifications.models import Notification
-from payments.models import WebhookReceipt
-from wallets.models import Account
+from payments.models import RETRYABLE_OUTCOMES, WebhookReceipt
+from wallets.models import Account, AccountKind
 
 # --- results ---------------------------------------------------------------------------
 
@@ -100,13 +105,6 @@ class SweepReport:
 # --- selection -------------------------------------------------------------------------
 
 
-def db_now() -> datetime:
-    """The database's clock (the start of the current transaction, if one is open)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT now()")
-        return cursor.fetchone()[0]
-
-
 def _claim_sql(rule: Rule, *, lock: bool) -> str:
     """One statement that locks (or, for a dry run, reads) the escrow if it is still due.
 
@@ -146,6 +144,51 @@ def _claim_sql(rule: Rule, *, lock: bool) -> str:
     """
 
 
+class _BodyMentions(Func):
+    """True when a raw body (bytes) contains a text: the SQL claim's
+    `position(convert_to(...) IN body)`, for the ORM claim on either database."""
+
+    output_field = BooleanField()
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        body, text = (compiler.compile(e) for e in self.get_source_expressions())
+        if connection.vendor == "postgresql":
+            sql = f"position(convert_to({text[0]}, 'UTF8') IN {body[0]}) > 0"
+            return sql, [*text[1], *body[1]]
+        return f"instr({body[0]}, CAST({text[0]} AS BLOB)) > 0", [*body[1], *text[1]]
+
+
+def claim_queryset(rule: Rule, escrow_pks: Sequence[int], *, lock: bool) -> QuerySet:
+    """The claim statement's rows through the ORM: what the embedded SQLite of the demo
+    runs (it has no `= ANY`, `convert_to` or row locks; its writers queue on the file
+    lock instead). PostgreSQL runs the SQL above; a test holds the two equal there."""
+    rows = Escrow.objects.filter(
+        pk__in=list(escrow_pks), status=rule.status, **{f"{rule.deadline}__lte": Now()}
+    ).annotate(db_now=Now())
+    columns = ["id", "escrow_id", "status", rule.deadline, "db_now"]
+    if rule.guard_payment:
+        rows = rows.annotate(
+            money_held=Exists(
+                Account.objects.filter(
+                    escrow_id=OuterRef("pk"), kind=AccountKind.ESCROW_HOLDING, balance__gt=0
+                )
+            ),
+            payment_in_flight=Exists(
+                WebhookReceipt.objects.filter(signature_valid=True, outcome__in=RETRYABLE_OUTCOMES)
+                .annotate(mentions=_BodyMentions(F("body"), OuterRef("escrow_id")))
+                .filter(
+                    Q(escrow_id=OuterRef("pk"))
+                    | Q(escrow_ref=OuterRef("escrow_id"))
+                    | Q(mentions=True)
+                )
+            ),
+        )
+        columns += ["money_held", "payment_in_flight"]
+    if lock:
+        rows = rows.select_for_update(skip_locked=True, of=("self",))
+    return rows.order_by("pk").values(*columns)
+
+
 _CLAIM_SQL: dict[tuple[str, bool], str] = {
     (rule.status, lock): _claim_sql(rule, lock=lock) for rule in RULES for lock in (True, False)
 }
@@ -154,17 +197,24 @@ BATCH_ACTIONS = frozenset({"cancel", "expire"})
 BATCH_SIZE = 200
 
 
-def _warn_at(warning: DeadlineWarning) -> Greatest:
+def _warnable_now(warning: DeadlineWarning, rows: QuerySet[Escrow]) -> QuerySet[Escrow]:
+    """Rows inside the warning window: the lead time before the deadline has begun, and
+    so has the second half of the window (when its start is recorded).
+
+    "Half the window has passed" is written as "no more time is left than has elapsed"
+    rather than as start + (deadline - start) / 2: the same instant, without dividing a
+    duration, which the demo's SQLite cannot do.
+    """
     lead = timedelta(hours=settings.ESCROW_WARN_BEFORE_HOURS)
-    deadline = F(warning.deadline)
-    half_window = ExpressionWrapper(
-        (F(warning.deadline) - F(warning.window_start)) / 2, output_field=DurationField()
-    )
-    # GREATEST ignores NULLs in PostgreSQL: with no recorded window start, just the lead.
-    return Greatest(
-        ExpressionWrapper(deadline - Value(lead), output_field=DateTimeField()),
-        ExpressionWrapper(deadline - half_window, output_field=DateTimeField()),
-        output_field=DateTimeField(),
+    lead_begun = ExpressionWrapper(Now() + Value(lead), output_field=DateTimeField())
+    return rows.alias(
+        time_left=ExpressionWrapper(F(warning.deadline) - Now(), output_field=DurationField()),
+        time_elapsed=ExpressionWrapper(
+            Now() - F(warning.window_start), output_field=DurationField()
+        ),
+    ).filter(
+        Q(**{f"{warning.window_start}__isnull": True}) | Q(time_left__lte=F("time_elapsed")),
+        **{f"{warning.deadline}__lte": lead_begun},
     )
 
 
@@ -173,11 +223,10 @@ def _due(rule: Rule) -> QuerySet[Escrow]:
 
 
 def _warnable(warning: DeadlineWarning) -> QuerySet[Escrow]:
-    return (
-        Escrow.objects.filter(status__in=warning.statuses, **{f"{warning.deadline}__gt": Now()})
-        .alias(warn_at=_warn_at(warning))
-        .filter(warn_at__lte=Now())
+    upcoming = Escrow.objects.filter(
+        status__in=warning.statuses, **{f"{warning.deadline}__gt": Now()}
     )
+    return _warnable_now(warning, upcoming)
 
 
 def deadline_candidates(*, limit: int | None = None) -> list[Candidate]:

@@ -33,6 +33,9 @@ D = Decimal
 ROOT = Path(__file__).resolve().parents[2]
 
 
+pytestmark = pytest.mark.usefixtures("orm_claim_agrees_with_sql_claim")
+
+
 def overdue(escrow: Escrow, field: str = "expires_at", by: timedelta = timedelta(minutes=5)):
     """Move one deadline into the past on the database clock."""
     Escrow.objects.filter(pk=escrow.pk).update(**{field: Now() - by})

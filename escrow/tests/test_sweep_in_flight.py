@@ -18,6 +18,8 @@ from payments.signing import SIGNATURE_HEADER, sign
 from payments.tests.webhooks import SECRET, encode, payload
 from wallets.tests.factories import break_ledger
 
+pytestmark = pytest.mark.usefixtures("orm_claim_agrees_with_sql_claim")
+
 # The sweep's guard finds a delivery for an escrow three ways; each case leaves exactly one
 # of them able to match, so each guards its own clause of the guard's query.
 BY_REFERENCE = "stored escrow reference"  # received, unlinked; the body spells it escaped
