@@ -46,9 +46,9 @@ print(Escrow.objects.get(escrow_id="ES101325WZY2").status)
 """
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sqlite-demo")
+@pytest.fixture
+def demo(tmp_path):
+    folder = tmp_path
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{folder / 'escrow.sqlite3'}",
@@ -96,6 +96,8 @@ def test_the_deadline_sweep_runs_and_acts_on_sqlite(demo):
 
 
 def test_pruning_previews_and_prunes_old_receipt_bodies_on_sqlite(demo):
+    demo("shell", "-c", SCENARIO)
+
     preview = demo("payments_prune", "--dry-run")
     assert preview.stdout.startswith("1 receipt(s)"), preview.stdout
     assert "would be pruned" in preview.stdout and "0 bytes" not in preview.stdout
@@ -104,3 +106,69 @@ def test_pruning_previews_and_prunes_old_receipt_bodies_on_sqlite(demo):
     assert done.stdout.startswith("1 receipt(s)") and "0 batch(es) failed" in done.stdout
 
     assert demo("payments_prune", "--dry-run").stdout.startswith("0 receipt(s)")
+
+
+# The incident and three hand edits, each what one check exists to catch.
+BREAKAGE = f"""
+import json
+from datetime import timedelta
+from django.db.models import F
+from django.utils import timezone
+from escrow.models import Escrow
+from payments.models import WebhookReceipt
+from payments.services.receipts import record_failure, store_receipt
+from payments.signing import SIGNATURE_HEADER, sign
+from wallets.models import Account
+
+def delivery(escrow_id, tx_id):
+    body = json.dumps({{
+        "event": "payment.confirmed", "id": "pay_" + tx_id, "status": "confirmed",
+        "txId": tx_id, "paid_amount": "0.9187", "paid_currency": "LTC",
+        "base_amount": "101.00", "base_currency": "USD", "meta_data": {{"refId": escrow_id}},
+    }}).encode()
+    return store_receipt(
+        body=body, headers={{SIGNATURE_HEADER: sign(body, "{SECRET}")}}, remote_ip="127.0.0.1"
+    )
+
+# The incident: a signed confirmed payment whose processing failed; the escrow unfunded.
+record_failure(receipt_id=delivery("ES101325WZY2", "tx-incident").pk, exc=RuntimeError("lost"))
+# A delivery killed before its fields were stored: only the raw body names the escrow.
+stuck = delivery("ES100725CNCL", "tx-killed")
+WebhookReceipt.objects.filter(pk=stuck.pk).update(
+    event="", escrow_ref="", tx_id="", received_at=timezone.now() - timedelta(hours=1)
+)
+# The incident's repair: a status set by hand, and a balance edited outside the ledger.
+Escrow.objects.filter(escrow_id="ES101125ACTV").update(status="delivered")
+Account.objects.filter(customer_id=5590563715).update(balance=F("balance") + 1)
+"""
+
+
+def test_the_integrity_checker_runs_on_sqlite_and_is_green_on_the_demo(demo):
+    done = demo("wallets_check", "--json")
+
+    report = json.loads(done.stdout)
+    assert report["ok"] and not report["failed"], done.stdout
+    assert len(report["checks"]) >= 20
+    assert all(c["status"] == "ok" for c in report["checks"]), done.stdout
+
+
+def test_the_integrity_checker_on_sqlite_finds_the_incident_and_hand_edits(demo):
+    demo("shell", "-c", BREAKAGE)
+
+    done = demo("wallets_check", "--json", check=False)
+
+    assert done.returncode != 0
+    report = json.loads(done.stdout)
+    assert set(report["failed"]) == {
+        "confirmed_payment_escrow_unfunded",
+        "receipt_failed",
+        "receipt_stuck_received",
+        "escrow_status_matches_history",
+        "balance_matches_ledger",
+        "ledger_balanced",
+    }, done.stdout
+    checks = {c["name"]: c for c in report["checks"]}
+    assert not [c for c in checks.values() if c["status"] == "error"], done.stdout
+    # The parsed receipt and the one known only by its raw body.
+    assert checks["confirmed_payment_escrow_unfunded"]["ids"] == ["ES100725CNCL", "ES101325WZY2"]
+    assert checks["escrow_status_matches_history"]["ids"] == ["ES101125ACTV"]

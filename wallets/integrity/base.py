@@ -1,7 +1,9 @@
 """What every check shares: results, the registry (`@check`), query helpers, and the
 runner that executes checks on one read-only snapshot."""
 
+import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -9,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
 
 from escrow.models import (
     Escrow,
@@ -162,11 +165,22 @@ class Report:
 
 @dataclass(frozen=True)
 class Context:
-    """What a check may use: the snapshot's cursor and the run's parameters."""
+    """What a check may use: the snapshot's cursor and the run's parameters.
+
+    `vendor` is "postgresql" in production; "sqlite" for the embedded demo database,
+    where the few PostgreSQL-only constructs a check needs have a SQLite spelling.
+    """
 
     cursor: Any
     stale_after: timedelta
     max_ids: int
+    snapshot_at: datetime = field(default_factory=lambda: datetime.min)
+    vendor: str = "postgresql"
+
+    @property
+    def stale_before(self) -> Any:
+        """The snapshot's time less --stale-after, as a query parameter."""
+        return connection.ops.adapt_datetimefield_value(self.snapshot_at - self.stale_after)
 
 
 CheckFunction = Callable[[Context], tuple[int, list[Finding]]]
@@ -212,6 +226,52 @@ def _rows(
 
 def _capped_ids(ctx: Context, ids: Sequence[int]) -> list[int]:
     return list(ids[: ctx.max_ids])
+
+
+def sql_literal(value: str) -> str:
+    """A string literal, for the code's own constants (statuses, kinds) only."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_in(values: Iterable[str]) -> str:
+    """A parenthesised list of the code's constants for `x IN (...)`: the spelling of
+    `x = ANY(%(list)s)` that SQLite reads too (it has no arrays)."""
+    quoted = [sql_literal(value) for value in values]
+    if not quoted:
+        raise ValueError("sql_in needs at least one value")
+    return "(" + ", ".join(quoted) + ")"
+
+
+# --- the embedded SQLite of the demo --------------------------------------------------------
+
+
+def _concat_ws(separator: str, *parts: Any) -> str:
+    return separator.join(str(p) for p in parts if p is not None)
+
+
+def _strpos(text: str | None, part: str | None) -> int | None:
+    if text is None or part is None:
+        return None
+    return text.find(part) + 1
+
+
+def _regexp_group(pattern: str, text: str | None) -> str | None:
+    match = re.search(pattern, text or "")
+    return match.group(1) if match else None
+
+
+def _regexp_groups(pattern: str, text: str | None) -> str:
+    return json.dumps(re.findall(pattern, text or ""))
+
+
+def _prepare_sqlite(raw_connection: Any) -> None:
+    """Give SQLite the PostgreSQL functions the checks call, with PostgreSQL's meaning
+    (concat_ws skips NULLs; strpos is 1-based, 0 when absent), and the regular
+    expression helpers its spelling of the raw-body scan uses."""
+    raw_connection.create_function("concat_ws", -1, _concat_ws, deterministic=True)
+    raw_connection.create_function("strpos", 2, _strpos, deterministic=True)
+    raw_connection.create_function("regexp_group", 2, _regexp_group, deterministic=True)
+    raw_connection.create_function("regexp_groups", 2, _regexp_groups, deterministic=True)
 
 
 # --- running them -------------------------------------------------------------------------
@@ -265,22 +325,39 @@ def run_checks(
     Must not be called inside another transaction: the snapshot's isolation level has to
     be set by its first statement.
     """
-    if connection.vendor != "postgresql":
-        raise DatabaseError(f"the integrity checks need PostgreSQL, not {connection.vendor}")
+    vendor = connection.vendor
+    if vendor not in ("postgresql", "sqlite"):
+        raise DatabaseError(f"the integrity checks need PostgreSQL (or SQLite), not {vendor}")
     selected = list(checks) if checks is not None else select_checks(names)
     started = time.perf_counter()
     results = []
     with transaction.atomic(durable=True), connection.cursor() as cursor:
-        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        # For this transaction only: JIT compilation costs more than it saves on these
-        # one-off scans (up to a second per query on a million-row ledger).
-        cursor.execute("SET LOCAL jit = off")
-        cursor.execute("SELECT now()")
-        snapshot_at = cursor.fetchone()[0]
-        ctx = Context(cursor=cursor, stale_after=stale_after, max_ids=max_ids)
-        items = wrap(selected, len(selected)) if wrap else selected
-        for check_ in items:
-            results.append(_run_one(check_, ctx))
+        if vendor == "postgresql":
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # For this transaction only: JIT compilation costs more than it saves on these
+            # one-off scans (up to a second per query on a million-row ledger).
+            cursor.execute("SET LOCAL jit = off")
+            cursor.execute("SELECT now()")
+            snapshot_at = cursor.fetchone()[0]
+        else:
+            # One SQLite transaction is one snapshot already; query_only makes it read-only.
+            _prepare_sqlite(connection.connection)
+            cursor.execute("PRAGMA query_only = ON")
+            snapshot_at = timezone.now()
+        ctx = Context(
+            cursor=cursor,
+            stale_after=stale_after,
+            max_ids=max_ids,
+            snapshot_at=snapshot_at,
+            vendor=vendor,
+        )
+        try:
+            items = wrap(selected, len(selected)) if wrap else selected
+            for check_ in items:
+                results.append(_run_one(check_, ctx))
+        finally:
+            if vendor == "sqlite":
+                cursor.execute("PRAGMA query_only = OFF")
     return Report(
         snapshot_at=snapshot_at,
         stale_after=stale_after,

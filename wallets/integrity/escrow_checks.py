@@ -12,6 +12,8 @@ from wallets.integrity.base import (
     S,
     _rows,
     check,
+    sql_in,
+    sql_literal,
 )
 from wallets.models import (
     AccountKind,
@@ -39,10 +41,11 @@ def _paid_escrow_has_holding(ctx: Context) -> tuple[int, list[Finding]]:
         """
         SELECT e.escrow_id AS id, e.status || ', no holding' AS detail
         FROM {escrow} e
-        WHERE e.status = ANY(%(statuses)s)
+        WHERE e.status IN """
+        + sql_in(MONEY_RECEIVED)
+        + """
           AND NOT EXISTS (SELECT 1 FROM {holding} h WHERE h.escrow_id = e.id)
         """,
-        {"statuses": MONEY_RECEIVED},
     )
 
 
@@ -59,11 +62,13 @@ def _paid_escrow_has_record(ctx: Context) -> tuple[int, list[Finding]]:
         """
         SELECT e.escrow_id AS id, e.status || ', no escrow_payment record' AS detail
         FROM {escrow} e
-        WHERE e.status = ANY(%(statuses)s)
+        WHERE e.status IN """
+        + sql_in(MONEY_RECEIVED)
+        + """
           AND NOT EXISTS (SELECT 1 FROM {record} x
                           WHERE x.escrow_id = e.id AND x.type = %(payment)s)
         """,
-        {"statuses": MONEY_RECEIVED, "payment": TransactionType.ESCROW_PAYMENT},
+        {"payment": TransactionType.ESCROW_PAYMENT},
     )
 
 
@@ -90,12 +95,14 @@ def _confirmed_escrow_dates(ctx: Context) -> tuple[int, list[Finding]]:
                               THEN 'no delivery_deadline' END) AS detail
         FROM {escrow} e
         WHERE (e.payment_confirmed_at IS NULL OR e.delivery_deadline IS NULL)
-          AND (e.status = ANY(%(confirmed)s)
+          AND (e.status IN """
+        + sql_in(CONFIRMED)
+        + """
                OR (e.status = %(refunded)s
                    AND EXISTS (SELECT 1 FROM {status_change} sc
                                WHERE sc.escrow_id = e.id AND sc.to_status = %(paid)s)))
         """,
-        {"confirmed": CONFIRMED, "refunded": S.REFUNDED, "paid": S.PAYMENT_CONFIRMED},
+        {"refunded": S.REFUNDED, "paid": S.PAYMENT_CONFIRMED},
     )
 
 
@@ -115,9 +122,9 @@ def _holding_balance(ctx: Context) -> tuple[int, list[Finding]]:
         ctx,
         """
         SELECT e.escrow_id AS id,
-               concat_ws(' ', 'holding', h.status, 'holds', a.balance::text,
-                         '; escrow', e.status, 'total due', e.total_due::text,
-                         'accepted shortfall', e.accepted_shortfall::text) AS detail
+               concat_ws(' ', 'holding', h.status, 'holds', CAST(a.balance AS TEXT),
+                         '; escrow', e.status, 'total due', CAST(e.total_due AS TEXT),
+                         'accepted shortfall', CAST(e.accepted_shortfall AS TEXT)) AS detail
         FROM {holding} h
         JOIN {escrow} e ON e.id = h.escrow_id
         JOIN {account} a ON a.id = h.account_id
@@ -142,21 +149,17 @@ def _holding_balance(ctx: Context) -> tuple[int, list[Finding]]:
 def _holding_status(ctx: Context) -> tuple[int, list[Finding]]:
     """Every holding's status agrees with its escrow's status."""
     pairs = sorted((h, e) for h, statuses in ESCROW_STATUSES_FOR_HOLDING.items() for e in statuses)
+    allowed = ", ".join(f"({sql_literal(h)}, {sql_literal(e)})" for h, e in pairs)
     return _rows(
         ctx,
         """
         SELECT e.escrow_id AS id, 'escrow ' || e.status || ' but holding ' || h.status AS detail
         FROM {holding} h
         JOIN {escrow} e ON e.id = h.escrow_id
-        LEFT JOIN unnest(%(holding_statuses)s::text[], %(escrow_statuses)s::text[])
-            AS allowed(holding_status, escrow_status)
-            ON allowed.holding_status = h.status AND allowed.escrow_status = e.status
-        WHERE allowed.holding_status IS NULL
+        WHERE (h.status, e.status) NOT IN (VALUES """
+        + allowed
+        + """)
         """,
-        {
-            "holding_statuses": [h for h, _ in pairs],
-            "escrow_statuses": [e for _, e in pairs],
-        },
     )
 
 
@@ -176,7 +179,7 @@ def _holding_account(ctx: Context) -> tuple[int, list[Finding]]:
         """
         SELECT e.escrow_id AS id,
                concat_ws(' ', 'holding uses account', '#' || a.id, '(' || a.kind, 'of escrow',
-                         coalesce(a.escrow_id::text, 'none') || ',', a.currency || ')',
+                         coalesce(CAST(a.escrow_id AS TEXT), 'none') || ',', a.currency || ')',
                          'for an escrow in', e.currency) AS detail
         FROM {holding} h
         JOIN {escrow} e ON e.id = h.escrow_id
@@ -184,8 +187,8 @@ def _holding_account(ctx: Context) -> tuple[int, list[Finding]]:
         WHERE a.kind <> %(holding)s OR a.escrow_id IS DISTINCT FROM h.escrow_id
            OR a.currency <> e.currency
         UNION ALL
-        SELECT coalesce(e.escrow_id, 'escrow #' || a.escrow_id::text) AS id,
-               concat_ws(' ', 'holding account', '#' || a.id, 'holds', a.balance::text,
+        SELECT coalesce(e.escrow_id, 'escrow #' || CAST(a.escrow_id AS TEXT)) AS id,
+               concat_ws(' ', 'holding account', '#' || a.id, 'holds', CAST(a.balance AS TEXT),
                          a.currency, 'but no holding row uses it') AS detail
         FROM {account} a
         LEFT JOIN {escrow} e ON e.id = a.escrow_id

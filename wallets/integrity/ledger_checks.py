@@ -129,10 +129,11 @@ def _holding_transfer_escrow(ctx: Context) -> tuple[int, list[Finding]]:
     return _rows(
         ctx,
         """
-        SELECT t.id, concat_ws(' ', t.kind, t.amount::text, 'names escrow',
-                               coalesce(t.escrow_id::text, 'none'), 'but moves money of escrow',
-                               CASE WHEN d.kind = %(holding)s THEN d.escrow_id
-                                    ELSE c.escrow_id END::text) AS detail
+        SELECT t.id, concat_ws(' ', t.kind, CAST(t.amount AS TEXT), 'names escrow',
+                               coalesce(CAST(t.escrow_id AS TEXT), 'none'),
+                               'but moves money of escrow',
+                               CAST(CASE WHEN d.kind = %(holding)s THEN d.escrow_id
+                                         ELSE c.escrow_id END AS TEXT)) AS detail
         FROM {transfer} t
         JOIN {account} d ON d.id = t.debit_account_id
         JOIN {account} c ON c.id = t.credit_account_id
@@ -158,9 +159,9 @@ def _record_matches_transfers(ctx: Context) -> tuple[int, list[Finding]]:
         ctx,
         """
         SELECT x.transaction_id AS id,
-               concat_ws(' ', x.type, x.amount::text, x.currency, 'but its transfers',
+               concat_ws(' ', x.type, CAST(x.amount AS TEXT), x.currency, 'but its transfers',
                          CASE WHEN s.total IS NULL THEN 'are missing'
-                              ELSE 'add up to ' || s.total::text || ' '
+                              ELSE 'add up to ' || CAST(s.total AS TEXT) || ' '
                                    || s.low_currency END) AS detail
         FROM {record} x
         LEFT JOIN (
@@ -191,9 +192,9 @@ def _suspense(ctx: Context) -> tuple[int, list[Finding]]:
     return _rows(
         ctx,
         """
-        SELECT a.id, concat_ws(' ', 'suspense holds', a.balance::text, a.currency || ';',
-                               (SELECT count(*) FROM {receipt} r
-                                WHERE r.outcome = %(parked)s AND r.flagged)::text,
+        SELECT a.id, concat_ws(' ', 'suspense holds', CAST(a.balance AS TEXT), a.currency || ';',
+                               CAST((SELECT count(*) FROM {receipt} r
+                                     WHERE r.outcome = %(parked)s AND r.flagged) AS TEXT),
                                'parked receipt(s) flagged for staff') AS detail
         FROM {account} a
         WHERE a.kind = %(suspense)s AND a.balance <> 0

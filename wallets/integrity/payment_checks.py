@@ -12,6 +12,7 @@ from wallets.integrity.base import (
     Finding,
     _rows,
     check,
+    sql_in,
 )
 from wallets.models import (
     TransactionType,
@@ -38,47 +39,63 @@ def _confirmed_payment_unfunded(ctx: Context) -> tuple[int, list[Finding]]:
     # A receipt whose processing was killed or rolled back has no parsed fields: the
     # escrow reference and the transaction id are read from its raw body instead. Only
     # failed and received receipts can be like that (the few the partial index holds).
-    return _rows(
-        ctx,
-        """
-        SELECT e.escrow_id AS id,
-               string_agg(concat_ws(' ', 'receipt', '#' || p.id, '(' || p.outcome || ')',
-                                    p.provider || ':' || p.tx_id || ';', 'escrow', e.status,
-                                    CASE WHEN h.id IS NULL THEN 'with no holding'
-                                         ELSE 'with its holding ' || h.status END,
-                                    'and no ledger transfer for this payment'),
-                          '; ' ORDER BY p.id) AS detail
+    sql = """
+        SELECT e.escrow_id AS id, {aggregate} AS detail
         FROM (
             SELECT r.id, r.outcome, r.provider, r.tx_id, r.escrow_ref AS ref
             FROM {receipt} r
             WHERE r.signature_valid AND r.event = %(confirmed)s
-              AND (r.outcome = ANY(%(settled)s)
-                   OR (r.outcome = %(received)s AND r.received_at < now() - %(stale)s))
+              AND (r.outcome IN {settled}
+                   OR (r.outcome = %(received)s AND r.received_at < %(stale_before)s))
             UNION ALL
-            SELECT DISTINCT r.id, r.outcome, r.provider,
-                   coalesce(substring(b.raw FROM %(tx_pattern)s), ''), m.ref[1]
-            FROM {receipt} r
-            CROSS JOIN LATERAL (SELECT encode(r.body, 'escape') AS raw) b
-            CROSS JOIN LATERAL regexp_matches(b.raw, %(escrow_pattern)s, 'g') AS m(ref)
-            WHERE r.signature_valid AND r.event = ''
-              AND (r.outcome = %(failed)s
-                   OR (r.outcome = %(received)s AND r.received_at < now() - %(stale)s))
-              AND b.raw ~ %(event_pattern)s
+            {from_raw_body}
         ) p
-        JOIN {escrow} e ON e.escrow_id = p.ref AND e.status = ANY(%(unfunded)s)
+        JOIN {escrow} e ON e.escrow_id = p.ref AND e.status IN {unfunded}
         LEFT JOIN {holding} h ON h.escrow_id = e.id
         WHERE NOT EXISTS (SELECT 1 FROM {transfer} t
                           WHERE t.escrow_id = e.id AND p.tx_id <> ''
                             AND t.reference = p.provider || ':' || p.tx_id)
         GROUP BY e.escrow_id
-        """,
+        """
+    part = """concat_ws(' ', 'receipt', '#' || p.id, '(' || p.outcome || ')',
+                        p.provider || ':' || p.tx_id || ';', 'escrow', e.status,
+                        CASE WHEN h.id IS NULL THEN 'with no holding'
+                             ELSE 'with its holding ' || h.status END,
+                        'and no ledger transfer for this payment')"""
+    unparsed = """r.signature_valid AND r.event = ''
+              AND (r.outcome = %(failed)s
+                   OR (r.outcome = %(received)s AND r.received_at < %(stale_before)s))"""
+    if ctx.vendor == "postgresql":
+        aggregate = f"string_agg({part}, '; ' ORDER BY p.id)"
+        from_raw_body = f"""
+            SELECT DISTINCT r.id, r.outcome, r.provider,
+                   coalesce(substring(b.raw FROM %(tx_pattern)s), ''), m.ref[1]
+            FROM {{receipt}} r
+            CROSS JOIN LATERAL (SELECT encode(r.body, 'escape') AS raw) b
+            CROSS JOIN LATERAL regexp_matches(b.raw, %(escrow_pattern)s, 'g') AS m(ref)
+            WHERE {unparsed} AND b.raw ~ %(event_pattern)s"""
+    else:
+        # SQLite: the escrow references found in the body come back as a JSON array, and
+        # json_each turns them into rows (its table-valued functions see earlier tables,
+        # as LATERAL does). group_concat keeps the order of the rows it is given.
+        aggregate = f"group_concat({part}, '; ')"
+        from_raw_body = f"""
+            SELECT DISTINCT r.id, r.outcome, r.provider,
+                   coalesce(regexp_group(%(tx_pattern)s, CAST(r.body AS TEXT)), ''), m.value
+            FROM {{receipt}} r,
+                 json_each(regexp_groups(%(escrow_pattern)s, CAST(r.body AS TEXT))) m
+            WHERE {unparsed} AND CAST(r.body AS TEXT) REGEXP %(event_pattern)s"""
+    sql = sql.replace("{aggregate}", aggregate).replace("{from_raw_body}", from_raw_body)
+    sql = sql.replace("{settled}", sql_in([Outcome.APPLIED, Outcome.FAILED]))
+    sql = sql.replace("{unfunded}", sql_in(UNFUNDED))
+    return _rows(
+        ctx,
+        sql,
         {
             "confirmed": EventType.CONFIRMED,
-            "settled": [Outcome.APPLIED, Outcome.FAILED],
             "failed": Outcome.FAILED,
             "received": Outcome.RECEIVED,
-            "stale": ctx.stale_after,
-            "unfunded": UNFUNDED,
+            "stale_before": ctx.stale_before,
             "escrow_pattern": ESCROW_ID_FORMAT.pattern,
             "tx_pattern": r'"txId"\s*:\s*"?([^",}\s\\]+)',
             "event_pattern": r'"event"\s*:\s*"payment\.confirmed"',
@@ -153,9 +170,9 @@ def _record_has_receipt(ctx: Context) -> tuple[int, list[Finding]]:
           AND NOT EXISTS (
               SELECT 1 FROM {staff_action} sa
               WHERE sa.escrow_id = x.escrow_id
-                AND (strpos(sa.changes::text || ' ' || sa.target, x.transaction_id) > 0
+                AND (strpos(CAST(sa.changes AS TEXT) || ' ' || sa.target, x.transaction_id) > 0
                      OR (x.external_tx_id <> ''
-                         AND strpos(sa.changes::text || ' ' || sa.target,
+                         AND strpos(CAST(sa.changes AS TEXT) || ' ' || sa.target,
                                     x.external_tx_id) > 0)))
         """,
         {
@@ -186,9 +203,10 @@ def _receipt_claim(ctx: Context) -> tuple[int, list[Finding]]:
                          || c.tx_id || ':' || c.event END AS detail
         FROM {receipt} r
         LEFT JOIN {claim} c ON c.receipt_id = r.id
-        WHERE (r.outcome = ANY(%(claiming)s)) <> (c.id IS NOT NULL)
+        WHERE (r.outcome IN """
+        + sql_in(CLAIMING_OUTCOMES)
+        + """) <> (c.id IS NOT NULL)
         """,
-        {"claiming": CLAIMING_OUTCOMES},
     )
 
 
@@ -205,13 +223,13 @@ def _receipt_stuck(ctx: Context) -> tuple[int, list[Finding]]:
     return _rows(
         ctx,
         """
-        SELECT r.id, 'received ' || date_trunc('second', now() - r.received_at)::text
-                     || ' ago, never processed' AS detail
+        SELECT r.id, 'received ' || CAST(r.received_at AS TEXT)
+                     || ', never processed' AS detail
         FROM {receipt} r
         WHERE r.signature_valid AND r.outcome = %(received)s
-          AND r.received_at < now() - %(stale)s
+          AND r.received_at < %(stale_before)s
         """,
-        {"received": Outcome.RECEIVED, "stale": ctx.stale_after},
+        {"received": Outcome.RECEIVED, "stale_before": ctx.stale_before},
     )
 
 
@@ -228,8 +246,8 @@ def _receipt_failed(ctx: Context) -> tuple[int, list[Finding]]:
     return _rows(
         ctx,
         """
-        SELECT r.id, concat_ws(' ', 'failed after', r.attempts::text, 'attempt(s):',
-                               left(r.last_error, 200)) AS detail
+        SELECT r.id, concat_ws(' ', 'failed after', CAST(r.attempts AS TEXT), 'attempt(s):',
+                               substr(r.last_error, 1, 200)) AS detail
         FROM {receipt} r
         WHERE r.signature_valid AND r.outcome = %(failed)s
         """,
